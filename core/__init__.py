@@ -1,0 +1,41 @@
+"""rag-rerank's framework-free core: rerankers, their results and the policy around them.
+
+Importing this package is cheap: torch and transformers load only when a model does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rerank_core.base import Pair, Reranker, RerankerError, RerankResult, ScoringError
+
+if TYPE_CHECKING:
+    from rerank_core.cross_encoder import CrossEncoderScorer, default_model_path
+
+__all__ = [
+    "CrossEncoderScorer",
+    "Pair",
+    "RerankResult",
+    "Reranker",
+    "RerankerError",
+    "ScoringError",
+    "default_model_path",
+]
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "CrossEncoderScorer": "rerank_core.cross_encoder",
+    "default_model_path": "rerank_core.cross_encoder",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rerank_core' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

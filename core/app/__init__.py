@@ -1,0 +1,3 @@
+"""Commands: the CLI, training, evaluation, benchmarks and the server."""
+
+from __future__ import annotations
