@@ -63,7 +63,7 @@ class TrainConfig:
     save_steps: int = 250
     logging_steps: int = 10
     val_data: str | None = None  # a set folder with dev.jsonl.gz; default: squad dev
-    val_queries: int = 200
+    val_queries: int = 200  # 0: no validation
     resume: bool = True
 
 
@@ -216,6 +216,8 @@ def _use_bf16(cfg: TrainConfig) -> bool:
 
 
 def _validation_samples(cfg: TrainConfig) -> list[dict[str, Any]]:
+    if cfg.val_queries <= 0:
+        return []
     path = Path(cfg.val_data) if cfg.val_data else None
     if path is None:
         root = data_root()

@@ -1,0 +1,143 @@
+"""``rag-rerank train``: a tiny real run learns, and the training data stays clear of evaluation."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from rerank_core import CrossEncoderScorer
+
+pytest.importorskip("sentence_transformers")
+pytest.importorskip("datasets")
+
+TOPICS = [
+    "volcano",
+    "piano",
+    "tiger",
+    "bridge",
+    "coffee",
+    "glacier",
+    "rocket",
+    "violin",
+    "desert",
+    "harbor",
+    "castle",
+    "orchid",
+    "comet",
+    "falcon",
+    "canyon",
+    "lantern",
+    "meadow",
+    "pyramid",
+]
+FILLERS = ["people often talk about", "this page explains", "a short note on", "facts about"]
+
+
+def _write_set(path: Path, topics: list[str], seed: int, n: int) -> list[dict[str, object]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        t = rng.choice(topics)
+        others = rng.sample([x for x in TOPICS if x != t], 5)
+        rows.append(
+            {
+                "query": f"tell me about the {t}",
+                "positives": [f"{rng.choice(FILLERS)} the {t} and its history"],
+                "negatives": [f"{rng.choice(FILLERS)} the {o} and its history" for o in others],
+            }
+        )
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return rows
+
+
+def _mrr(model_dir: Path, rows: list[dict[str, object]]) -> float:
+    scorer = CrossEncoderScorer(str(model_dir), device="cpu")
+    total = 0.0
+    for r in rows:
+        docs = list(r["positives"]) + list(r["negatives"])  # type: ignore[call-overload]
+        ranked = scorer.rerank(str(r["query"]), docs)
+        total += 1.0 / (1 + [x.index for x in ranked].index(0))
+    return total / len(rows)
+
+
+@pytest.mark.slow
+def test_tiny_run_learns_and_resumes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from rerank_core.app.train import TrainConfig, export_model, train
+
+    train_file = tmp_path / "train.jsonl"
+    _write_set(train_file, TOPICS, seed=0, n=300)
+    held_out = _write_set(tmp_path / "held.jsonl", TOPICS, seed=99, n=40)
+    before = _mrr(tiny_model_dir, held_out)
+
+    cfg = TrainConfig(
+        output_dir=str(tmp_path / "run"),
+        data=[str(train_file)],
+        base_model=str(tiny_model_dir),
+        teacher=None,
+        max_steps=300,
+        groups_per_step=8,
+        group_size=6,
+        max_length=32,
+        learning_rate=2e-3,
+        warmup_steps=5,
+        save_steps=150,
+        eval_steps=1000,
+        logging_steps=10,
+        val_queries=0,
+        bf16=False,
+        mine_depth=10,
+    )
+    final = train(cfg)
+    state = json.loads((tmp_path / "run" / "checkpoint-300" / "trainer_state.json").read_text())
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    assert float(losses[-1]) < float(losses[0])
+
+    exported = export_model(final, tmp_path / "exported", max_length=32)
+    after = _mrr(exported, held_out)
+    assert after > before + 0.2, (before, after)
+
+    # a second call finds the last checkpoint and the cached groups, and finishes at once
+    cfg.max_steps = 300
+    train(cfg)
+    assert (tmp_path / "run" / "groups.jsonl").is_file()
+
+
+def test_groups_never_use_a_positive_as_negative(tmp_path: Path) -> None:
+    from rerank_core.app.data import load_training_set
+    from rerank_core.app.train import TrainConfig, build_groups
+
+    train_file = tmp_path / "train.jsonl"
+    _write_set(train_file, TOPICS, seed=1, n=50)
+    ts = load_training_set(train_file)
+    cfg = TrainConfig(output_dir=str(tmp_path), group_size=6, mine_depth=10)
+    groups = build_groups([ts], cfg, total=80)
+    assert len(groups) == 80
+    by_qid = {q["qid"]: q for q in ts.queries}
+    for g in groups:
+        positives = {ts.corpus[p] for p in by_qid[g["qid"]]["positives"]}
+        assert g["docs"][0] in positives
+        assert not positives & set(g["docs"][1:])
+        assert len(g["docs"]) == 6
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_no_evaluation_query_in_training_data(data_dir: Path) -> None:
+    from rerank_core.app.data import iter_jsonl, load_training_set
+
+    def norm(q: str) -> str:
+        return " ".join(q.lower().split()).rstrip("?？. ")
+
+    eval_queries = {
+        norm(r["query"]) for r in iter_jsonl(data_dir / "trec-dl19" / "bm25_top100.jsonl")
+    }
+    for name in ("scifact", "cmrc2018"):
+        eval_queries |= {norm(r["text"]) for r in iter_jsonl(data_dir / name / "queries.jsonl")}
+    assert len(eval_queries) > 5000
+    for folder in sorted((data_dir / "train").iterdir()):
+        ts = load_training_set(folder)
+        leaked = [q["query"] for q in ts.queries if norm(q["query"]) in eval_queries]
+        assert not leaked, f"{folder.name}: {leaked[:3]}"

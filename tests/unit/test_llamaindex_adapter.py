@@ -1,0 +1,132 @@
+"""Contract tests of the LlamaIndex postprocessor (in-process scorer, no model, no network)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+pytest.importorskip("llama_index.core")
+
+from llama_index.core.callbacks import CallbackManager, CBEventType
+from llama_index.core.callbacks.base_handler import BaseCallbackHandler
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+from llamaindex_rerank import CrossEncoderRerank
+from tests.unit.test_base import WordOverlap
+
+QUERY = "what is artificial intelligence"
+
+
+def _nodes() -> list[NodeWithScore]:
+    texts = [
+        "apples are red",
+        "artificial intelligence is machine intelligence",
+        "the weather is fine",
+        "an artificial critic is writing",
+    ]
+    return [
+        NodeWithScore(
+            node=TextNode(text=t, id_=f"n{i}", metadata={"src": f"s{i}"}),
+            score=0.9 - i * 0.1,
+        )
+        for i, t in enumerate(texts)
+    ]
+
+
+def _post(**kw: Any) -> CrossEncoderRerank:
+    return CrossEncoderRerank(scorer=WordOverlap(), **kw)
+
+
+def test_orders_sets_scores_and_keeps_node_ids() -> None:
+    out = _post(top_n=None).postprocess_nodes(_nodes(), query_str=QUERY)
+    assert [n.node.node_id for n in out] == ["n1", "n3", "n2", "n0"]
+    assert [n.score for n in out] == sorted((n.score for n in out), reverse=True)
+    assert all(type(n.score) is float for n in out)
+    assert out[0].node.metadata == {"src": "s1"}
+
+
+def test_keep_retrieval_score() -> None:
+    out = _post(top_n=2, keep_retrieval_score=True).postprocess_nodes(_nodes(), query_str=QUERY)
+    assert [n.node.metadata["retrieval_score"] for n in out] == pytest.approx([0.8, 0.6])
+
+
+def test_top_n_and_threshold() -> None:
+    assert len(_post().postprocess_nodes(_nodes(), query_str=QUERY)) == 3
+    out = _post(top_n=None, score_threshold=0.5).postprocess_nodes(_nodes(), query_str=QUERY)
+    assert [n.node.node_id for n in out] == ["n1", "n3"]
+
+
+def test_inputs_are_not_mutated() -> None:
+    nodes = _nodes()
+    before = copy.deepcopy(nodes)
+    out = _post(top_n=None, keep_retrieval_score=True).postprocess_nodes(nodes, query_str=QUERY)
+    assert [n.score for n in nodes] == [n.score for n in before]
+    assert [n.node.metadata for n in nodes] == [n.node.metadata for n in before]
+    assert all(o is not n for o in out for n in nodes)
+
+
+def test_empty_input_and_missing_query() -> None:
+    assert _post().postprocess_nodes([], query_str=QUERY) == []
+    with pytest.raises(ValueError, match="query"):
+        _post().postprocess_nodes(_nodes())
+
+
+async def test_async_agrees_with_sync() -> None:
+    p = _post(top_n=2)
+    sync = p.postprocess_nodes(_nodes(), query_str=QUERY)
+    asynced = await p.apostprocess_nodes(_nodes(), query_bundle=QueryBundle(QUERY))
+    assert [(n.node.node_id, n.score) for n in asynced] == [(n.node.node_id, n.score) for n in sync]
+
+
+class CBRecorder(BaseCallbackHandler):
+    def __init__(self) -> None:
+        super().__init__(event_starts_to_ignore=[], event_ends_to_ignore=[])
+        self.events: list[tuple[str, CBEventType]] = []
+
+    def on_event_start(
+        self,
+        event_type: CBEventType,
+        payload: Any = None,
+        event_id: str = "",
+        parent_id: str = "",
+        **kwargs: Any,
+    ) -> str:
+        self.events.append(("start", event_type))
+        return event_id
+
+    def on_event_end(
+        self, event_type: CBEventType, payload: Any = None, event_id: str = "", **kwargs: Any
+    ) -> None:
+        self.events.append(("end", event_type))
+
+    def start_trace(self, trace_id: str | None = None) -> None:
+        return None
+
+    def end_trace(self, trace_id: str | None = None, trace_map: Any = None) -> None:
+        return None
+
+
+class EventRecorder(BaseEventHandler):
+    names: list[str] = []  # noqa: RUF012  (a pydantic field, copied per instance)
+
+    def handle(self, event: Any, **kwargs: Any) -> None:
+        self.names.append(event.class_name())
+
+
+async def test_events_and_callbacks_fire() -> None:
+    cb = CBRecorder()
+    rec = EventRecorder(names=[])
+    dispatcher = get_dispatcher("llamaindex_rerank.postprocessor")
+    dispatcher.add_event_handler(rec)
+    try:
+        p = _post(callback_manager=CallbackManager([cb]))
+        p.postprocess_nodes(_nodes(), query_str=QUERY)
+        await p.apostprocess_nodes(_nodes(), query_str=QUERY)
+    finally:
+        dispatcher.event_handlers.remove(rec)
+    assert cb.events == [("start", CBEventType.RERANKING), ("end", CBEventType.RERANKING)] * 2
+    assert rec.names == ["ReRankStartEvent", "ReRankEndEvent"] * 2
