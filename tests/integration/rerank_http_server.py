@@ -73,6 +73,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # sleep first
     drop: bool = False  # close the connection without answering
+    echo: bool = False  # answer ``status`` with the request headers as the body
     transform: Callable[[list[dict[str, Any]]], Any] | None = None  # rewrite the results
 
 
@@ -123,6 +124,10 @@ class RerankServer:
                         self.close_connection = True
                         self.connection.shutdown(socket.SHUT_RDWR)
                         return
+                    if fault and fault.echo:
+                        echoed = json.dumps({"error": "denied", "headers": seen.headers})
+                        self._send(fault.status or 401, echoed.encode(), fault.headers)
+                        return
                     if fault and fault.status is not None:
                         self._send(fault.status, fault.body, fault.headers)
                         return
@@ -130,6 +135,8 @@ class RerankServer:
                     if fault and fault.transform and status == 200:
                         payload = server.wrap(fault.transform(server.unwrap(payload)))
                     self._send(status, json.dumps(payload).encode(), {})
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up first (timeout tests)
                 finally:
                     seen.finished = time.perf_counter()
 
@@ -142,8 +149,11 @@ class RerankServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128  # the default 5 drops simultaneous connects
+            daemon_threads = True
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
