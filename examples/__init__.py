@@ -1,0 +1,1 @@
+"""Runnable examples of rag-rerank (installed as ``rerank_examples``)."""
