@@ -21,6 +21,7 @@ import os
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -481,8 +482,9 @@ class HTTPReranker(Reranker):
 
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
-        self._aclient: httpx.AsyncClient | None = None
-        self._aclient_loop: asyncio.AbstractEventLoop | None = None
+        # An AsyncClient belongs to the event loop it runs on: one per live loop.
+        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]
+        self._aclients = weakref.WeakKeyDictionary()
 
     # ----------------------------------------------------------------- configuration
 
@@ -765,18 +767,17 @@ class HTTPReranker(Reranker):
             return self._client
 
     def _async_client(self) -> httpx.AsyncClient:
-        # An AsyncClient belongs to the loop it first ran on; a new loop (asyncio.run called
-        # again) gets its own client.
         loop = asyncio.get_running_loop()
-        client = self._aclient
-        if client is None or client.is_closed or self._aclient_loop is not loop:
-            client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.timeout),
-                headers=self._headers(),
-                verify=_shared_ssl_context(),
-            )
-            self._aclient, self._aclient_loop = client, loop
-        return client
+        with self._lock:
+            client = self._aclients.get(loop)
+            if client is None or client.is_closed:
+                client = httpx.AsyncClient(
+                    timeout=httpx.Timeout(self.timeout),
+                    headers=self._headers(),
+                    verify=_shared_ssl_context(),
+                )
+                self._aclients[loop] = client
+            return client
 
     def close(self) -> None:
         """Close the pooled sync connections (the object stays usable; it reconnects)."""
@@ -786,8 +787,9 @@ class HTTPReranker(Reranker):
                 self._client = None
 
     async def aclose(self) -> None:
-        """Close the async connections, and the sync ones."""
-        client, self._aclient, self._aclient_loop = self._aclient, None, None
+        """Close this event loop's async connections, and the sync ones."""
+        with self._lock:
+            client = self._aclients.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.aclose()
         self.close()

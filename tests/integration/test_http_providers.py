@@ -184,3 +184,20 @@ def test_llamaindex_adapter_takes_it_unchanged() -> None:
     assert out[0].score == pytest.approx(toy_score(QUERY, PASSAGES[best]))
     assert json.dumps([n.score for n in out])  # plain floats serialise
     assert all(n.score == 0.5 for n in nodes)
+
+
+def test_one_reranker_serves_several_event_loops() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = [toy_score(QUERY, p) for p in PASSAGES]
+    with RerankServer("generic") as server:
+        reranker = make("generic", server.url)
+        first = asyncio.run(reranker.ascore(QUERY, PASSAGES))
+        second = asyncio.run(reranker.ascore(QUERY, PASSAGES))  # a new loop, a new client
+        with ThreadPoolExecutor(4) as pool:
+            threaded = list(
+                pool.map(lambda _: asyncio.run(reranker.ascore(QUERY, PASSAGES)), range(8))
+            )
+    for scores in [first, second, *threaded]:
+        assert scores == pytest.approx(expected, rel=1e-6)
+    assert len(server.seen) == 10
