@@ -405,7 +405,13 @@ class HTTPReranker(Reranker):
         self.spec = spec
         self.provider = spec.name
 
-        per_request = max_documents_per_request or spec.max_documents
+        per_request = max_documents_per_request
+        if per_request is None:
+            per_request = spec.max_documents
+        elif isinstance(per_request, bool) or not isinstance(per_request, int) or per_request < 1:
+            raise ValueError(
+                f"max_documents_per_request must be a positive int or None, got {per_request!r}"
+            )
         super().__init__(
             batch_size=per_request, rerank_window=rerank_window, should_rerank=should_rerank
         )
