@@ -11,9 +11,11 @@ from rerank_core.base import Pair, Reranker, RerankerError, RerankResult, Scorin
 
 if TYPE_CHECKING:
     from rerank_core.cross_encoder import CrossEncoderScorer, default_model_path
+    from rerank_core.http import HTTPReranker
 
 __all__ = [
     "CrossEncoderScorer",
+    "HTTPReranker",
     "Pair",
     "RerankResult",
     "Reranker",
@@ -27,6 +29,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "CrossEncoderScorer": "rerank_core.cross_encoder",
     "default_model_path": "rerank_core.cross_encoder",
+    "HTTPReranker": "rerank_core.http",
 }
 
 
