@@ -341,7 +341,10 @@ def run_load_test(
 
             overload["healthy_after"] = httpx.get(f"{server.url}/health", timeout=10).status_code
             overload["max_queue"] = cfg.overload_queue
-        overload["exit_code"] = server.proc.returncode
+        code = server.proc.returncode
+        overload["exit_code"] = code
+        # uvicorn re-raises SIGTERM after its graceful shutdown, so -15 is a clean stop too.
+        overload["clean_exit"] = code in (0, -signal.SIGTERM)
         say(f"  statuses {overload['statuses']}, peak RSS {overload['peak_rss_mb']} MB")
     speedup: dict[str, float] = {}
     for clients in cfg.concurrency:
@@ -412,7 +415,8 @@ def write_report(report: dict[str, Any], output: Path) -> tuple[Path, Path]:
             f"Past capacity ({o['clients']} clients, queue of {o['max_queue']}): statuses "
             f"{o['statuses']} over {o['requests']} requests, p99 of 503 answers "
             f"{o['p99_503_ms']} ms, peak server RSS {o['peak_rss_mb']} MB, /health after: "
-            f"{o['healthy_after']}, server exit code after SIGTERM: {o['exit_code']}.",
+            f"{o['healthy_after']}, graceful stop on SIGTERM: {'yes' if o['clean_exit'] else 'no'} "
+            f"(exit code {o['exit_code']}).",
         ]
     md_path = output / "server_bench.md"
     md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
