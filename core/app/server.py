@@ -473,7 +473,8 @@ class _Batcher:
                 if not job.future.done():
                     job.future.set_exception(_Draining())
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            # A model call already running cannot be interrupted; do not block the loop on it.
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _estimate(self, pairs: Sequence[Pair]) -> list[int]:
         cap = self._window
