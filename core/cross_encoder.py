@@ -229,6 +229,26 @@ class CrossEncoderScorer(Reranker):
             logits = self.model(**features, return_dict=True).logits
             return self._logits_to_scores(logits)
 
+    def count_tokens(self, pairs: Sequence[Pair]) -> list[int]:
+        """Tokens the model reads for each pair, after truncation to ``max_length``.
+
+        Used for usage reporting (the rerank server) and for sizing work; no model call.
+
+        Returns:
+            One ``int`` per pair, special tokens included, in input order.
+        """
+        if not pairs:
+            return []
+        queries = [q for q, _ in pairs]
+        docs = [d for _, d in pairs]
+        kwargs: dict[str, Any] = {"max_length": self.max_length, "return_attention_mask": False}
+        with self._lock:
+            try:
+                encoded = self.tokenizer(queries, docs, truncation="only_second", **kwargs)
+            except Exception:  # query alone overflows the window, as in _encode
+                encoded = self.tokenizer(queries, docs, truncation="longest_first", **kwargs)
+        return [len(ids) for ids in encoded["input_ids"]]
+
     def describe(self) -> dict[str, Any]:
         """A JSON-safe description: model, device, dtype, window and scale."""
         return {

@@ -1,0 +1,141 @@
+"""``rag-rerank serve`` and ``rag-rerank bench-server``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the server commands to ``app``."""
+
+    @app.command("serve")
+    def serve_command(
+        model: str = typer.Option(
+            None, "--model", "-m", help="Hugging Face id or local folder (default: bundled model)."
+        ),
+        host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 for all)."),
+        port: int = typer.Option(8000, help="TCP port."),
+        device: str = typer.Option(None, help="cuda, cuda:1, mps or cpu (default: best)."),
+        dtype: str = typer.Option(None, help="float32, float16, bfloat16 (default: auto)."),
+        batch_size: int = typer.Option(32, help="Pairs per forward pass."),
+        max_length: int = typer.Option(None, help="Tokens per pair (default: the model's)."),
+        raw_scores: bool = typer.Option(
+            False, "--raw-scores", help="Return raw logits instead of probabilities in [0, 1]."
+        ),
+        model_name: str = typer.Option(None, help="Model name reported in responses."),
+        batching: bool = typer.Option(
+            True, "--batching/--no-batching", help="Score concurrent requests together."
+        ),
+        max_batch_tokens: int = typer.Option(32_768, help="Token budget of one dynamic batch."),
+        max_wait_ms: float = typer.Option(2.0, help="Wait for more requests up to this long."),
+        max_queue: int = typer.Option(256, help="Requests that may wait; beyond: 503."),
+        max_documents: int = typer.Option(1000, help="Most documents per request."),
+        max_document_chars: int = typer.Option(32_000, help="Most characters per document."),
+        max_request_chars: int = typer.Option(2_000_000, help="Most characters per request."),
+        max_body_bytes: int = typer.Option(8 * 1024 * 1024, help="Largest request body."),
+        exact_usage: bool = typer.Option(
+            False, help="Count usage tokens with the tokenizer (slower) instead of estimating."
+        ),
+        api_key: str = typer.Option(
+            None,
+            envvar="RAG_RERANK_API_KEY",
+            show_default=False,
+            help="Require 'Authorization: Bearer KEY' on the rerank endpoints.",
+        ),
+        graceful_timeout: int = typer.Option(
+            30, help="Seconds to let in-flight requests finish on shutdown."
+        ),
+        access_log: bool = typer.Option(False, help="Log every request (uvicorn access log)."),
+    ) -> None:
+        """Serve a reranker over HTTP (Cohere /v1 and /v2, Jina, SiliconFlow and TEI APIs)."""
+        try:
+            import uvicorn
+        except ImportError as exc:
+            raise ImportError(
+                "rag-rerank serve needs uvicorn: pip install 'rag-rerank[server]'"
+            ) from exc
+        from rerank_core import CrossEncoderScorer
+        from rerank_core.app.server import ServerSettings, create_app
+
+        settings = ServerSettings(
+            model_name=model_name,
+            max_documents=max_documents,
+            max_document_chars=max_document_chars,
+            max_request_chars=max_request_chars,
+            max_body_bytes=max_body_bytes,
+            batching=batching,
+            max_batch_tokens=max_batch_tokens,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            exact_usage=exact_usage,
+            api_key=api_key or None,
+        )
+        scorer = CrossEncoderScorer(
+            model,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            max_length=max_length,
+            normalize=not raw_scores,
+        )
+        typer.echo(
+            f"serving {scorer.model_name} on http://{host}:{port} "
+            f"({scorer.device}, batching {'on' if batching else 'off'}, "
+            f"auth {'on' if settings.api_key else 'off'}); docs at /docs"
+        )
+        uvicorn.run(
+            create_app(scorer, settings=settings),
+            host=host,
+            port=port,
+            timeout_graceful_shutdown=graceful_timeout,
+            access_log=access_log,
+            log_level="info",
+        )
+
+    @app.command("bench-server")
+    def bench_server_command(
+        output: Path = typer.Option(..., "--output", "-o", help="Folder for JSON and Markdown."),
+        model: str = typer.Option(None, "--model", "-m", help="Model to serve (default bundled)."),
+        concurrency: list[int] = typer.Option(
+            [8, 16, 32], "--concurrency", "-c", help="Concurrent clients; repeat."
+        ),
+        documents: int = typer.Option(50, help="Documents per request."),
+        duration: float = typer.Option(20.0, help="Seconds of load per level and mode."),
+        warmup: float = typer.Option(2.0, help="Seconds of unmeasured load before each level."),
+        modes: list[str] = typer.Option(
+            ["batching", "no-batching"], "--mode", help="batching and/or no-batching; repeat."
+        ),
+        overload_clients: int = typer.Option(
+            64, help="Clients for the past-capacity run (0 skips it)."
+        ),
+        overload_queue: int = typer.Option(4, help="Queue size of the past-capacity server."),
+        device: str = typer.Option(None, help="Device of the server's model."),
+        batch_size: int = typer.Option(32, help="Pairs per forward pass in the server."),
+        port: int = typer.Option(0, help="Server port (0: a free one)."),
+        data: Path = typer.Option(
+            None, help="TREC DL19 bm25_top100.jsonl for realistic texts (default: shared data)."
+        ),
+    ) -> None:
+        """Load-test the server on 127.0.0.1: throughput and latency with batching on and off."""
+        from rerank_core.app.loadtest import LoadTestConfig, run_load_test, write_report
+
+        cfg = LoadTestConfig(
+            model=model,
+            concurrency=list(concurrency),
+            documents=documents,
+            duration_s=duration,
+            warmup_s=warmup,
+            modes=list(modes),
+            overload_clients=overload_clients,
+            overload_queue=overload_queue,
+            device=device,
+            batch_size=batch_size,
+            port=port,
+            data=data,
+        )
+        report = run_load_test(cfg, progress=typer.echo)
+        json_path, md_path = write_report(report, output)
+        typer.echo(md_path.read_text(encoding="utf-8"))
+        typer.echo(f"wrote {json_path} and {md_path}")

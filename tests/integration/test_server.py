@@ -1,0 +1,290 @@
+"""The rerank server on a real uvicorn listening on 127.0.0.1, driven by real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import pytest
+
+from rerank_core import Reranker
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from rerank_core.app.server import ServerSettings, create_app  # noqa: E402
+
+QUERY = "how do cross-encoders rerank passages?"
+DOCS = [
+    "Cross-encoders read the query and passage together and output a relevance score.",
+    "The Eiffel Tower is in Paris.",
+    "交叉编码器同时读取查询和段落。",
+    "Rerankers reorder the candidates a first-stage retriever found.",
+    "Bananas are rich in potassium.",
+]
+KEY = "test-key-123"
+
+
+@contextmanager
+def running(app) -> Iterator[tuple[str, uvicorn.Server]]:
+    """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a thread; stop it afterwards."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=20)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive(), "server thread died during startup"
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+        assert not thread.is_alive(), "server did not stop"
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_scorer):
+    app = create_app(tiny_scorer, settings=ServerSettings(api_key=KEY, model_name="tiny"))
+    with running(app) as (url, _):
+        yield url
+
+
+def _order(scores: list[float]) -> list[int]:
+    return sorted(range(len(scores)), key=lambda i: -scores[i])
+
+
+# ------------------------------------------------------------------------------- real clients
+
+
+def test_cohere_client_v1(tiny_server, tiny_scorer):
+    cohere = pytest.importorskip("cohere")
+    expected = tiny_scorer.score(QUERY, DOCS)
+    co = cohere.Client(api_key=KEY, base_url=tiny_server, timeout=60)
+    res = co.rerank(query=QUERY, documents=DOCS, top_n=3, return_documents=True, model="tiny")
+    assert [r.index for r in res.results] == _order(expected)[:3]
+    for r in res.results:
+        assert r.relevance_score == pytest.approx(expected[r.index], rel=1e-5)
+        assert r.document is not None and r.document.text == DOCS[r.index]
+    objs = co.rerank(query=QUERY, documents=[{"text": d} for d in DOCS])
+    assert [r.index for r in objs.results] == _order(expected)
+
+
+def test_cohere_client_v2(tiny_server, tiny_scorer):
+    cohere = pytest.importorskip("cohere")
+    expected = tiny_scorer.score(QUERY, DOCS)
+    co = cohere.ClientV2(api_key=KEY, base_url=tiny_server, timeout=60)
+    res = co.rerank(model="tiny", query=QUERY, documents=DOCS, top_n=2)
+    assert [r.index for r in res.results] == _order(expected)[:2]
+    assert [r.relevance_score for r in res.results] == pytest.approx(
+        sorted(expected, reverse=True)[:2], rel=1e-5
+    )
+
+
+def test_cohere_client_errors(tiny_server):
+    cohere = pytest.importorskip("cohere")
+    from cohere.errors import BadRequestError, UnauthorizedError
+
+    with pytest.raises(UnauthorizedError) as wrong:
+        cohere.Client(api_key="wrong", base_url=tiny_server, timeout=60).rerank(
+            query=QUERY, documents=DOCS
+        )
+    assert wrong.value.body["message"] == "invalid API key"
+    with pytest.raises(BadRequestError) as empty:
+        cohere.ClientV2(api_key=KEY, base_url=tiny_server, timeout=60).rerank(
+            model="tiny", query=QUERY, documents=[]
+        )
+    assert "must not be empty" in empty.value.body["message"]
+
+
+def test_raw_tei_request(tiny_server, tiny_scorer):
+    expected = tiny_scorer.score(QUERY, DOCS)
+    r = httpx.post(
+        f"{tiny_server}/rerank",
+        json={"query": QUERY, "texts": DOCS, "return_text": True, "truncate": True},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    assert [x["index"] for x in r.json()] == _order(expected)
+    assert [x["text"] for x in r.json()] == [DOCS[i] for i in _order(expected)]
+
+
+def test_raw_jina_style_request_and_bad_ones(tiny_server):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=tiny_server, headers=auth, timeout=60) as http:
+        ok = http.post("/v1/rerank", json={"model": "x", "query": QUERY, "documents": DOCS})
+        assert ok.status_code == 200
+        assert ok.json()["usage"]["total_tokens"] > 0
+        bad = http.post("/v1/rerank", content=b"{", headers={"content-type": "application/json"})
+        assert bad.status_code == 400 and "malformed JSON" in bad.json()["message"]
+        huge = http.post("/v1/rerank", json={"query": "q", "documents": ["x" * 40_000]})
+        assert huge.status_code == 413 and huge.json()["limit"] == "max_document_chars"
+        many = http.post("/v1/rerank", json={"query": "q", "documents": ["x"] * 1001})
+        assert many.status_code == 413 and many.json()["limit"] == "max_documents"
+        assert http.post("/v1/rerank", json={"query": QUERY, "documents": DOCS}).status_code == 200
+        assert http.get("/health").json()["status"] == "ok"
+
+
+# ------------------------------------------------------------------------------- queue and batching
+
+
+class GatedReranker(Reranker):
+    """Scores by document length, but each model call waits until the test opens the gate."""
+
+    model_name = "gated"
+
+    def __init__(self) -> None:
+        super().__init__(batch_size=100_000)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.calls: list[int] = []
+
+    def _score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        self.calls.append(len(pairs))
+        self.entered.set()
+        assert self.gate.wait(30), "test never opened the gate"
+        return [float(len(d)) for _, d in pairs]
+
+
+async def _wait_for(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+async def _queue_depth(http: httpx.AsyncClient) -> int:
+    return int((await http.get("/health")).json()["queue_depth"])
+
+
+@pytest.mark.parametrize("batching", [True, False])
+async def test_dynamic_batching_merges_waiting_requests(batching):
+    model = GatedReranker()
+    app = create_app(model, settings=ServerSettings(api_key=None, batching=batching))
+    with running(app) as (url, _):
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            first = asyncio.create_task(
+                http.post("/v1/rerank", json={"query": "q", "documents": ["a" * 9]})
+            )
+            await _wait_for(model.entered.is_set)
+            bodies = [{"query": f"q{i}", "documents": ["b" * i, "c" * (10 - i)]} for i in (1, 2, 3)]
+            rest = [asyncio.create_task(http.post("/v1/rerank", json=b)) for b in bodies]
+            while await _queue_depth(http) < 3:
+                await asyncio.sleep(0.01)
+            model.gate.set()
+            answers = [await first] + [await t for t in rest]
+            metrics = (await http.get("/metrics")).text
+    assert [a.status_code for a in answers] == [200] * 4
+    for body, answer in zip(bodies, answers[1:], strict=True):  # each got its own scores back
+        docs = body["documents"]
+        got = {x["index"]: x["relevance_score"] for x in answer.json()["results"]}
+        assert got == {i: float(len(d)) for i, d in enumerate(docs)}
+    if batching:
+        assert model.calls == [1, 6]
+        assert "rag_rerank_batch_requests_sum 4.0" in metrics
+    else:
+        assert model.calls == [1, 2, 2, 2]
+        assert "rag_rerank_batch_requests_count 4.0" in metrics
+
+
+async def test_full_queue_answers_503_fast_and_recovers():
+    model = GatedReranker()
+    settings = ServerSettings(api_key=None, max_queue=1, retry_after_s=3)
+    with running(create_app(model, settings=settings)) as (url, _):
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            body = {"query": "q", "documents": ["doc"]}
+            first = asyncio.create_task(http.post("/v1/rerank", json=body))
+            await _wait_for(model.entered.is_set)
+            second = asyncio.create_task(http.post("/v1/rerank", json=body))
+            while await _queue_depth(http) < 1:
+                await asyncio.sleep(0.01)
+            started = time.perf_counter()
+            busy = await http.post("/v1/rerank", json=body)
+            took = time.perf_counter() - started
+            model.gate.set()
+            assert (await first).status_code == 200
+            assert (await second).status_code == 200
+            after = await http.post("/v1/rerank", json=body)
+            metrics = (await http.get("/metrics")).text
+    assert busy.status_code == 503
+    assert busy.headers["retry-after"] == "3"
+    assert busy.json()["limit"] == "max_queue"
+    assert took < 5.0  # answered at once, not after the model call
+    assert after.status_code == 200
+    assert 'status="503"' in metrics
+
+
+async def test_graceful_shutdown_finishes_in_flight_requests():
+    model = GatedReranker()
+    with running(create_app(model, settings=ServerSettings(api_key=None))) as (url, server):
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            pending = asyncio.create_task(
+                http.post("/v1/rerank", json={"query": "q", "documents": ["a", "bb"]})
+            )
+            await _wait_for(model.entered.is_set)
+            server.should_exit = True  # what SIGTERM does
+            await asyncio.sleep(0.3)
+            assert not pending.done()
+            model.gate.set()
+            answer = await pending
+    assert answer.status_code == 200
+    assert [x["index"] for x in answer.json()["results"]] == [1, 0]
+
+
+def test_scoring_failure_is_a_500_and_server_survives():
+    class Flaky(GatedReranker):
+        def _score_pairs(self, pairs):
+            if any(d == "boom" for _, d in pairs):
+                raise RuntimeError("model exploded")
+            return [1.0] * len(pairs)
+
+    with running(create_app(Flaky(), settings=ServerSettings(api_key=None))) as (url, _):
+        bad = httpx.post(f"{url}/v1/rerank", json={"query": "q", "documents": ["boom"]})
+        good = httpx.post(f"{url}/v1/rerank", json={"query": "q", "documents": ["fine"]})
+    assert bad.status_code == 500
+    assert "model exploded" in bad.json()["message"]
+    assert good.status_code == 200
+
+
+# ------------------------------------------------------------------------------- the load tester
+
+
+@pytest.mark.slow
+def test_bench_server_smoke(tiny_model_dir, tmp_path):
+    from rerank_core.app.loadtest import LoadTestConfig, run_load_test, write_report
+
+    cfg = LoadTestConfig(
+        model=str(tiny_model_dir),
+        concurrency=[2],
+        documents=5,
+        duration_s=1.5,
+        warmup_s=0.2,
+        overload_clients=8,
+        overload_queue=1,
+        device="cpu",
+    )
+    report = run_load_test(cfg)
+    json_path, md_path = write_report(report, tmp_path)
+    assert {r["mode"] for r in report["runs"]} == {"batching", "no-batching"}
+    for run in report["runs"]:
+        assert run["ok"] > 0
+        assert run["failed"] == 0
+    over = report["overload"]
+    assert set(over["statuses"]) <= {"200", "503"}
+    assert over["healthy_after"] == 200
+    assert over["clean_exit"], over["exit_code"]
+    assert "2" in report["batching_speedup"]
+    assert json_path.is_file()
+    assert "| clients | batching |" in md_path.read_text(encoding="utf-8")
