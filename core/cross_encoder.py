@@ -131,8 +131,7 @@ class CrossEncoderScorer(TokenizedReranker):
 
     Speed on CPU comes from precision more than from batching: ``autocast="bfloat16"`` runs the
     matrix products in bf16 (AMX / AVX512-BF16 kernels) while weights, layer norms and softmax
-    stay fp32; on CPUs with those kernels it is several times faster, with scores within about
-    0.01 of fp32. The default stays fp32, exact to the reference.
+    stay fp32, so scores stay close to fp32. The default stays fp32, exact to the reference.
 
     Args:
         model_name_or_path: Hugging Face id or local folder; ``None`` loads the reranker bundled

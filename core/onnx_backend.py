@@ -93,7 +93,7 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
     Same scores and the same interface as :class:`~rerank_core.CrossEncoderScorer` (fp32 agrees
     with it within 1e-4), the same tokenize-once, token-budget batching and the same optional
     long-passage windows. ``quantize="int8"`` trades a little score precision for speed: rankings
-    stay close, scores move by a few hundredths.
+    stay close to fp32 while individual scores shift slightly.
 
     The first use of a model exports it (tens of seconds for a MiniLM); later uses load the cached
     file in about a second. ONNX Runtime needs no torch at scoring time, but the export does.
