@@ -10,18 +10,27 @@ from typing import TYPE_CHECKING, Any
 from rerank_core.base import Pair, Reranker, RerankerError, RerankResult, ScoringError
 
 if TYPE_CHECKING:
+    from rerank_core.cache import CachedReranker, CacheInfo, ScoreCache
     from rerank_core.cross_encoder import CrossEncoderScorer, default_model_path
     from rerank_core.http import HTTPReranker
+    from rerank_core.onnx_backend import OnnxCrossEncoderScorer
+    from rerank_core.registry import BACKENDS, load_reranker
 
 __all__ = [
+    "BACKENDS",
+    "CacheInfo",
+    "CachedReranker",
     "CrossEncoderScorer",
     "HTTPReranker",
+    "OnnxCrossEncoderScorer",
     "Pair",
     "RerankResult",
     "Reranker",
     "RerankerError",
+    "ScoreCache",
     "ScoringError",
     "default_model_path",
+    "load_reranker",
 ]
 
 __version__ = "0.1.0"
@@ -30,6 +39,12 @@ _LAZY = {
     "CrossEncoderScorer": "rerank_core.cross_encoder",
     "default_model_path": "rerank_core.cross_encoder",
     "HTTPReranker": "rerank_core.http",
+    "OnnxCrossEncoderScorer": "rerank_core.onnx_backend",
+    "CacheInfo": "rerank_core.cache",
+    "CachedReranker": "rerank_core.cache",
+    "ScoreCache": "rerank_core.cache",
+    "BACKENDS": "rerank_core.registry",
+    "load_reranker": "rerank_core.registry",
 }
 
 

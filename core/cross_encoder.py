@@ -5,24 +5,28 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rerank_core.base import Pair, Reranker
+import numpy as np
+
+from rerank_core.encoding import TokenizedReranker
 
 if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MODEL_DIR", "CrossEncoderScorer", "default_model_path", "pick_device"]
+__all__ = [
+    "DEFAULT_MODEL_DIR",
+    "CrossEncoderScorer",
+    "cpu_supports_bf16",
+    "default_model_path",
+    "pick_device",
+]
 
 #: The reranker that ships inside the package (used when no model is named).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "rag-rerank-minilm-l6"
-
-# Tokenizers report a huge sentinel when a model sets no maximum length.
-_NO_LIMIT = 100_000
 
 
 def default_model_path() -> Path:
@@ -53,6 +57,31 @@ def pick_device(device: str | None = None) -> str:
     return "cpu"
 
 
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix kernels (AVX512-BF16 or AMX) that torch can use."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _resolve_autocast(autocast: str | torch.dtype | None, device: str) -> torch.dtype | None:
+    import torch
+
+    if autocast is None or autocast is False:
+        return None
+    names = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16}
+    names["fp16"] = torch.float16
+    dtype = autocast if isinstance(autocast, torch.dtype) else names.get(str(autocast).lower())
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"autocast must be 'bfloat16', 'float16' or None, got {autocast!r}")
+    if device == "cpu" and dtype == torch.bfloat16 and not cpu_supports_bf16():
+        logger.warning("this CPU has no native bf16 kernels: bf16 autocast will be slow")
+    return dtype
+
+
 def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     import torch
 
@@ -78,7 +107,7 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
         ) from None
 
 
-class CrossEncoderScorer(Reranker):
+class CrossEncoderScorer(TokenizedReranker):
     """Score ``(query, passage)`` pairs with a Hugging Face sequence-classification reranker.
 
     Works with any cross-encoder whose head gives one relevance logit per pair
@@ -93,20 +122,38 @@ class CrossEncoderScorer(Reranker):
     models the normalised score is the softmax probability of label 1 and the raw score the logit
     difference ``l1 - l0`` (whose sigmoid is that probability).
 
-    Pairs are sorted by length and padded per batch; only the passage is truncated to fit
-    ``max_length`` (the query too, only when it alone is longer than the window). Inference
-    runs under ``torch.inference_mode``. One instance may be shared across threads: a lock
-    serialises the tokenizer and the forward pass, and torch uses all cores inside each call.
+    Each call tokenizes its pairs once, sorts them by token length and packs batches under a
+    budget of padded tokens (``max_batch_tokens``), each padded to its own longest pair. Only the
+    passage is truncated to fit ``max_length`` (the query too, only when it alone is longer than
+    the window), unless ``chunking=True`` splits long passages into windows. Inference runs
+    under ``torch.inference_mode``. One instance may be shared across threads: a lock serialises
+    the forward pass, and torch uses all cores inside each call.
+
+    Speed on CPU comes from precision more than from batching: ``autocast="bfloat16"`` runs the
+    matrix products in bf16 (AMX / AVX512-BF16 kernels) while weights, layer norms and softmax
+    stay fp32, so scores stay close to fp32. The default stays fp32, exact to the reference.
 
     Args:
         model_name_or_path: Hugging Face id or local folder; ``None`` loads the reranker bundled
             with the package (English; see its model card).
         device: ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"``; ``None`` picks the best available.
         max_length: Token window per pair; ``None`` uses the model's own limit.
-        batch_size: Pairs per forward pass.
+        batch_size: Most model inputs per forward pass.
+        max_batch_tokens: Most padded tokens per forward pass; ``None`` caps by ``batch_size``
+            only.
         normalize: Probabilities (``True``) or raw logits (``False``).
-        dtype: ``None``/``"auto"`` (fp16 on CUDA, fp32 elsewhere), ``"float32"``, ``"float16"``,
-            ``"bfloat16"`` or a ``torch.dtype``.
+        dtype: Weight dtype: ``None``/``"auto"`` (fp16 on CUDA, fp32 elsewhere), ``"float32"``,
+            ``"float16"``, ``"bfloat16"`` or a ``torch.dtype``.
+        autocast: Run the forward pass under ``torch.autocast`` in ``"bfloat16"`` or
+            ``"float16"``; ``None`` (default) does not.
+        chunking: Score passages longer than the window by their best overlapping window
+            instead of truncating them; see :attr:`last_chunk_stats`.
+        chunk_overlap: Tokens shared by consecutive windows; ``None`` uses
+            ``min(32, max_length // 4)``.
+        max_chunks: Most windows scored per passage; ``None`` scores all.
+        num_threads: Set torch's intra-op threads (process-wide, as torch keeps one pool).
+            ``None`` keeps torch's default, one per physical core, which is right for this
+            workload: hyper-threads add contention, not throughput.
         rerank_window: See :class:`~rerank_core.Reranker`.
         should_rerank: See :class:`~rerank_core.Reranker`.
         local_files_only: Never contact the hub (defaults to ``HF_HUB_OFFLINE``).
@@ -128,8 +175,14 @@ class CrossEncoderScorer(Reranker):
         device: str | None = None,
         max_length: int | None = None,
         batch_size: int = 32,
+        max_batch_tokens: int | None = 16384,
         normalize: bool = True,
         dtype: str | torch.dtype | None = None,
+        autocast: str | torch.dtype | None = None,
+        chunking: bool = False,
+        chunk_overlap: int | None = None,
+        max_chunks: int | None = None,
+        num_threads: int | None = None,
         rerank_window: int | None = None,
         should_rerank: Any = None,
         local_files_only: bool | None = None,
@@ -139,7 +192,13 @@ class CrossEncoderScorer(Reranker):
         tokenizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
-            batch_size=batch_size, rerank_window=rerank_window, should_rerank=should_rerank
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+            chunking=chunking,
+            chunk_overlap=chunk_overlap,
+            max_chunks=max_chunks,
+            rerank_window=rerank_window,
+            should_rerank=should_rerank,
         )
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -147,9 +206,14 @@ class CrossEncoderScorer(Reranker):
         source = str(model_name_or_path) if model_name_or_path else str(default_model_path())
         if local_files_only is None:
             local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+        if num_threads is not None:
+            if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+                raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+            torch.set_num_threads(num_threads)
         self.model_name = source
         self.device = pick_device(device)
         self.dtype = _resolve_dtype(dtype, self.device)
+        self.autocast = _resolve_autocast(autocast, self.device)
         self.normalize = normalize
 
         hub_kwargs: dict[str, Any] = {
@@ -157,9 +221,7 @@ class CrossEncoderScorer(Reranker):
             "revision": revision,
             "trust_remote_code": trust_remote_code,
         }
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            source, **hub_kwargs, **(tokenizer_kwargs or {})
-        )
+        tokenizer = AutoTokenizer.from_pretrained(source, **hub_kwargs, **(tokenizer_kwargs or {}))
         model, info = AutoModelForSequenceClassification.from_pretrained(
             source, dtype=self.dtype, output_loading_info=True, **hub_kwargs, **(model_kwargs or {})
         )
@@ -177,77 +239,35 @@ class CrossEncoderScorer(Reranker):
                 "relevance logit per pair (or two labels, the second meaning relevant)"
             )
         self.model = model.to(self.device).eval()
-        self.max_length = max_length or self._model_max_length()
+        self._setup_encoding(
+            tokenizer, max_length, getattr(model.config, "max_position_embeddings", None)
+        )
+        if self.device.startswith("cuda"):
+            self._pad_multiple = 8  # tensor-core friendly shapes
         self._lock = threading.Lock()
         self._torch = torch
         logger.info(
-            "loaded reranker %s on %s (%s, max_length=%d, labels=%d)",
+            "loaded reranker %s on %s (%s%s, max_length=%d, labels=%d, threads=%d)",
             source,
             self.device,
             str(self.dtype).removeprefix("torch."),
+            f", autocast {str(self.autocast).removeprefix('torch.')}" if self.autocast else "",
             self.max_length,
             self.num_labels,
+            torch.get_num_threads(),
         )
 
-    def _model_max_length(self) -> int:
-        limits = [int(self.tokenizer.model_max_length)]
-        positions = getattr(self.model.config, "max_position_embeddings", None)
-        if positions:
-            limits.append(int(positions))
-        sane = [n for n in limits if 0 < n < _NO_LIMIT]
-        return min(sane) if sane else 512
-
-    def _encode(self, pairs: Sequence[Pair]) -> Any:
-        queries = [q for q, _ in pairs]
-        docs = [d for _, d in pairs]
-        kwargs: dict[str, Any] = {
-            "padding": True,
-            "max_length": self.max_length,
-            "return_tensors": "pt",
-        }
-        try:
-            return self.tokenizer(queries, docs, truncation="only_second", **kwargs)
-        except Exception:  # the query alone overflows the window: cut it too, rather than fail
-            logger.debug("query longer than max_length=%d; truncating both", self.max_length)
-            return self.tokenizer(queries, docs, truncation="longest_first", **kwargs)
-
-    def _logits_to_scores(self, logits: torch.Tensor) -> list[float]:
+    def _forward(self, features: dict[str, np.ndarray]) -> np.ndarray:
         torch = self._torch
-        logits = logits.float()
-        if self.num_labels == 1:
-            raw = logits[:, 0]
-            scores = torch.sigmoid(raw) if self.normalize else raw
-        elif self.normalize:
-            scores = torch.softmax(logits, dim=-1)[:, 1]
-        else:
-            scores = logits[:, 1] - logits[:, 0]
-        return [float(s) for s in scores.cpu().tolist()]
-
-    def _score_pairs(self, pairs: Sequence[Pair]) -> list[float]:
-        with self._lock, self._torch.inference_mode():
-            features = self._encode(pairs).to(self.device)
-            logits = self.model(**features, return_dict=True).logits
-            return self._logits_to_scores(logits)
-
-    def count_tokens(self, pairs: Sequence[Pair]) -> list[int]:
-        """Tokens the model reads for each pair, after truncation to ``max_length``.
-
-        Used for usage reporting (the rerank server) and for sizing work; no model call.
-
-        Returns:
-            One ``int`` per pair, special tokens included, in input order.
-        """
-        if not pairs:
-            return []
-        queries = [q for q, _ in pairs]
-        docs = [d for _, d in pairs]
-        kwargs: dict[str, Any] = {"max_length": self.max_length, "return_attention_mask": False}
-        with self._lock:
-            try:
-                encoded = self.tokenizer(queries, docs, truncation="only_second", **kwargs)
-            except Exception:  # query alone overflows the window, as in _encode
-                encoded = self.tokenizer(queries, docs, truncation="longest_first", **kwargs)
-        return [len(ids) for ids in encoded["input_ids"]]
+        inputs = {k: torch.from_numpy(v).to(self.device) for k, v in features.items()}
+        with self._lock, torch.inference_mode():
+            if self.autocast is not None:
+                device_type = self.device.split(":")[0]
+                with torch.autocast(device_type=device_type, dtype=self.autocast):
+                    logits = self.model(**inputs, return_dict=True).logits
+            else:
+                logits = self.model(**inputs, return_dict=True).logits
+            return logits.float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
         """A JSON-safe description: model, device, dtype, window and scale."""
@@ -255,6 +275,5 @@ class CrossEncoderScorer(Reranker):
             **super().describe(),
             "device": self.device,
             "dtype": str(self.dtype).removeprefix("torch."),
-            "max_length": self.max_length,
-            "normalize": self.normalize,
+            "autocast": str(self.autocast).removeprefix("torch.") if self.autocast else None,
         }

@@ -34,9 +34,9 @@ def test_nothing_imports_bare_core() -> None:
 
 
 def test_every_extra_named_in_an_error_message_exists() -> None:
-    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"
-    ])
+    extras = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    )
     named = set()
     for p in _sources():
         named |= set(re.findall(r"rag-rerank\[([a-z0-9_-]+)\]", p.read_text(encoding="utf-8")))
