@@ -17,7 +17,12 @@ app = typer.Typer(
 
 # Each module registers its commands with ``register(app)`` and imports heavy libraries inside
 # the command functions, so ``rag-rerank --help`` stays fast.
-COMMAND_MODULES = ["rerank_core.app.train_cli", "rerank_core.app.serve_cli"]
+COMMAND_MODULES = [
+    "rerank_core.app.train_cli",
+    "rerank_core.app.eval_cli",
+    "rerank_core.app.bench_cli",
+    "rerank_core.app.serve_cli",
+]
 
 
 def _register() -> None:

@@ -1,0 +1,553 @@
+"""Speed of reranking backends on the same weights and inputs.
+
+Every backend scores the same queries with the same candidates from the same model folder:
+
+* ``loop``: the per-document loop of the original tutorial code, one
+  ``tokenizer(query, doc, return_tensors="pt", truncation=True)`` and one forward pass per
+  document;
+* ``sentence-transformers``: ``CrossEncoder.predict(pairs, batch_size=32)``, what LangChain's
+  ``HuggingFaceCrossEncoder`` and LlamaIndex's ``SentenceTransformerRerank`` run;
+* ``scorer``: rag-rerank's :class:`~rerank_core.CrossEncoderScorer`.
+
+A backend is one entry of :data:`BACKENDS`: a function that takes a :class:`BenchModel` and
+returns ``score(query, documents) -> scores``. Each backend runs in its own fresh process, so its
+peak memory is its own and one backend's caches do not warm another's.
+
+Measured per backend, input set (DL19 passages, synthetic pairs of 32/128/256/512 tokens) and
+candidate count (50, 100): pairs per second, per-query latency p50/p95, peak RSS, the ratio to
+sentence-transformers, and the largest score difference from sentence-transformers on the same
+pairs (a check that a faster backend still computes the same thing).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BACKENDS",
+    "BenchModel",
+    "Workload",
+    "bench_to_markdown",
+    "dl19_workload",
+    "machine_info",
+    "run_bench",
+    "save_bench",
+    "synthetic_workload",
+]
+
+ScoreFn = Callable[[str, Sequence[str]], Sequence[float]]
+
+DEFAULT_LENGTHS = (32, 128, 256, 512)
+DEFAULT_CANDIDATES = (50, 100)
+BASELINE = "sentence-transformers"
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """What every backend loads: the same weights, window, device, dtype and batch size."""
+
+    path: str
+    device: str = "cpu"
+    max_length: int = 512
+    batch_size: int = 32
+    dtype: str = "float32"
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def _loop_backend(m: BenchModel) -> ScoreFn:
+    """The tutorial's loop: one tokenizer call and one forward pass per document."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(m.path)
+    model = AutoModelForSequenceClassification.from_pretrained(m.path, dtype=_torch_dtype(m.dtype))
+    model = model.to(m.device).eval()
+
+    def score(query: str, docs: Sequence[str]) -> list[float]:
+        scores = []
+        for doc in docs:
+            inputs = tokenizer(
+                query, doc, return_tensors="pt", truncation=True, max_length=m.max_length
+            ).to(m.device)
+            with torch.no_grad():
+                logit = model(**inputs).logits[0][0].item()
+            # The tutorial keeps the raw logit; the sigmoid (free) makes it comparable.
+            scores.append(1.0 / (1.0 + math.exp(-logit)))
+        return scores
+
+    return score
+
+
+def _st_backend(m: BenchModel) -> ScoreFn:
+    """sentence-transformers ``CrossEncoder.predict(batch_size=32)``."""
+    try:
+        from sentence_transformers import CrossEncoder
+    except ImportError as exc:
+        raise ImportError(
+            "the sentence-transformers backend needs: pip install 'rag-rerank[bench]'"
+        ) from exc
+
+    ce = CrossEncoder(
+        m.path,
+        device=m.device,
+        max_length=m.max_length,
+        model_kwargs={"dtype": _torch_dtype(m.dtype)},
+    )
+
+    def score(query: str, docs: Sequence[str]) -> Sequence[float]:
+        out = ce.predict([(query, d) for d in docs], batch_size=32, show_progress_bar=False)
+        return [float(x) for x in out]
+
+    return score
+
+
+def _scorer_backend(m: BenchModel) -> ScoreFn:
+    """rag-rerank's ``CrossEncoderScorer``."""
+    from rerank_core.cross_encoder import CrossEncoderScorer
+
+    scorer = CrossEncoderScorer(
+        m.path, device=m.device, max_length=m.max_length, batch_size=m.batch_size, dtype=m.dtype
+    )
+    return scorer.score
+
+
+#: Backend name -> factory. Adding a backend is one line here: a function that takes a
+#: :class:`BenchModel` and returns ``score(query, documents)`` giving probabilities.
+BACKENDS: dict[str, Callable[[BenchModel], ScoreFn]] = {
+    "loop": _loop_backend,
+    "sentence-transformers": _st_backend,
+    "scorer": _scorer_backend,
+}
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Workload:
+    """Queries with candidate passages; each query carries the largest candidate count.
+
+    Attributes:
+        name: ``"dl19"``, ``"synthetic-128"``, ...
+        queries: ``(query, passages)`` per query.
+        mean_tokens: Mean tokens per (query, passage) pair after truncation, for the record.
+    """
+
+    name: str
+    queries: list[tuple[str, list[str]]]
+    mean_tokens: float = 0.0
+
+
+def _pair_tokens(tokenizer: Any, query: str, docs: Sequence[str], max_length: int) -> float:
+    enc = tokenizer([query] * len(docs), list(docs), truncation=True, max_length=max_length)
+    lengths = [len(ids) for ids in enc["input_ids"]]
+    return sum(lengths) / len(lengths)
+
+
+def dl19_workload(
+    path: str | os.PathLike[str],
+    tokenizer: Any,
+    *,
+    queries: int,
+    candidates: int,
+    max_length: int,
+) -> Workload:
+    """The first ``queries`` DL19 queries with their first ``candidates`` BM25 passages."""
+    from rerank_core.app.evaluate import load_rerank_file
+
+    rows, _ = load_rerank_file(path, depth=candidates)
+    picked = [(q.query, [c.text for c in q.candidates]) for q in rows if len(q.candidates)]
+    picked = [p for p in picked if len(p[1]) >= candidates][:queries]
+    if not picked:
+        raise ValueError(f"{path}: no query has {candidates} candidates")
+    tokens = sum(_pair_tokens(tokenizer, q, d, max_length) for q, d in picked) / len(picked)
+    return Workload("dl19", picked, tokens)
+
+
+_SYNTHETIC_QUERIES = [
+    "what is the average lifespan of a house cat",
+    "how do vaccines train the immune system",
+    "causes of the french revolution",
+    "best way to store fresh herbs",
+    "why is the sky blue during the day",
+]
+
+
+def _word_list(tokenizer: Any) -> list[str]:
+    words = []
+    for tok in tokenizer.get_vocab():
+        word = tok.lstrip("▁Ġ")
+        if len(word) >= 3 and word.isascii() and word.isalpha() and word.islower():
+            words.append(word)
+    if len(words) < 100:
+        raise ValueError("the tokenizer's vocabulary has too few plain words for synthetic text")
+    return sorted(words)
+
+
+def synthetic_workload(
+    tokenizer: Any,
+    length: int,
+    *,
+    queries: int,
+    candidates: int,
+    max_length: int,
+    seed: int = 0,
+) -> Workload:
+    """Random-word passages sized so each (query, passage) pair is about ``length`` tokens."""
+    rng = random.Random(seed * 1000 + length)
+    words = _word_list(tokenizer)
+    picked = []
+    for i in range(queries):
+        query = _SYNTHETIC_QUERIES[i % len(_SYNTHETIC_QUERIES)]
+        docs = []
+        for _ in range(candidates):
+            n = max(1, length - len(tokenizer(query)["input_ids"]))
+            doc = " ".join(rng.choice(words) for _ in range(n))
+            for _ in range(8):  # words can split into several tokens: trim to the target
+                have = len(tokenizer(query, doc)["input_ids"])
+                if have <= length or n <= 1:
+                    break
+                n = max(1, n - max(1, have - length))
+                doc = " ".join(doc.split()[:n])
+            docs.append(doc)
+        picked.append((query, docs))
+    tokens = sum(_pair_tokens(tokenizer, q, d, max_length) for q, d in picked) / len(picked)
+    return Workload(f"synthetic-{length}", picked, tokens)
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _measure_backend(
+    name: str,
+    model: BenchModel,
+    workloads: Sequence[Workload],
+    candidates: Sequence[int],
+    warmup: int,
+    threads: int | None,
+) -> dict[str, Any]:
+    """Load one backend and time it on every workload; runs inside the worker process."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    rss_before = _peak_rss_mb()
+    t0 = time.perf_counter()
+    score = BACKENDS[name](model)
+    load_s = time.perf_counter() - t0
+    rows = []
+    for w in workloads:
+        for n in candidates:
+            batches = [(q, docs[:n]) for q, docs in w.queries]
+            for q, docs in batches[:warmup]:
+                score(q, docs)
+            batches = batches[warmup:]
+            times = []
+            first: list[float] = []
+            for q, docs in batches:
+                t = time.perf_counter()
+                out = score(q, docs)
+                times.append((time.perf_counter() - t) * 1000)
+                if not first:
+                    first = [float(x) for x in out]
+            pairs = sum(len(d) for _, d in batches)
+            rows.append(
+                {
+                    "workload": w.name,
+                    "candidates": n,
+                    "queries": len(batches),
+                    "mean_tokens": round(w.mean_tokens, 1),
+                    "pairs_per_s": pairs / (sum(times) / 1000),
+                    "p50_ms": _percentile(times, 50),
+                    "p95_ms": _percentile(times, 95),
+                    "first_query_scores": first,
+                }
+            )
+    cuda_peak = None
+    if model.device.startswith("cuda"):
+        cuda_peak = torch.cuda.max_memory_allocated() / 2**20
+    return {
+        "backend": name,
+        "load_s": load_s,
+        "peak_rss_mb": _peak_rss_mb(),
+        "rss_before_load_mb": rss_before,
+        "cuda_peak_mb": cuda_peak,
+        "torch_threads": torch.get_num_threads(),
+        "rows": rows,
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """CPU model, cores, memory, load, torch threads and library versions."""
+    import importlib.metadata as md
+
+    import psutil
+    import torch
+
+    versions = {"python": platform.python_version()}
+    for pkg in (
+        "rag-rerank",
+        "torch",
+        "transformers",
+        "sentence-transformers",
+        "tokenizers",
+        "numpy",
+        "onnxruntime",
+    ):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "logical_cores": psutil.cpu_count(logical=True),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()]
+        if hasattr(os, "getloadavg")
+        else None,
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "versions": versions,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+@dataclass
+class BenchReport:
+    """Results of one ``run_bench`` call; ``to_dict`` is what the JSON file holds."""
+
+    command: str
+    model: dict[str, Any]
+    machine: dict[str, Any]
+    backends: list[dict[str, Any]]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict of the report."""
+        return asdict(self)
+
+
+def _compare(backends: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    base = {
+        (r["workload"], r["candidates"]): r
+        for b in backends
+        if b["backend"] == BASELINE
+        for r in b["rows"]
+    }
+    rows = []
+    for b in backends:
+        for r in b["rows"]:
+            ref = base.get((r["workload"], r["candidates"]))
+            row = {k: v for k, v in r.items() if k != "first_query_scores"}
+            row["backend"] = b["backend"]
+            row["peak_rss_mb"] = b["peak_rss_mb"]
+            row["vs_st"] = r["pairs_per_s"] / ref["pairs_per_s"] if ref else None
+            if ref and len(ref["first_query_scores"]) == len(r["first_query_scores"]):
+                row["max_abs_diff_vs_st"] = max(
+                    abs(a - c)
+                    for a, c in zip(r["first_query_scores"], ref["first_query_scores"], strict=True)
+                )
+            else:
+                row["max_abs_diff_vs_st"] = None
+            rows.append(row)
+    rows.sort(key=lambda x: (x["workload"], x["candidates"], x["backend"]))
+    return rows
+
+
+def run_bench(
+    model_path: str | os.PathLike[str],
+    *,
+    backends: Sequence[str] = tuple(BACKENDS),
+    data: str | os.PathLike[str] | None = None,
+    lengths: Sequence[int] = DEFAULT_LENGTHS,
+    candidates: Sequence[int] = DEFAULT_CANDIDATES,
+    queries: int = 10,
+    warmup: int = 1,
+    device: str = "cpu",
+    dtype: str = "float32",
+    batch_size: int = 32,
+    max_length: int | None = None,
+    threads: int | None = None,
+    isolate: bool = True,
+    command: str = "",
+) -> BenchReport:
+    """Time every backend on the same model, queries and candidates.
+
+    Args:
+        model_path: Cross-encoder folder or hub id, loaded by every backend.
+        backends: Names from :data:`BACKENDS`.
+        data: A rerank file (DL19's ``bm25_top100.jsonl``) for real passages; ``None`` skips.
+        lengths: Synthetic pair lengths in tokens.
+        candidates: Candidates per query to time.
+        queries: Timed queries per input set and candidate count.
+        warmup: Untimed queries run first.
+        device: Torch device for every backend.
+        dtype: ``float32``, ``float16`` or ``bfloat16`` for every backend.
+        batch_size: Batch size of rag-rerank's scorer (sentence-transformers runs 32, as its
+            integrations do).
+        max_length: Token window; ``None`` uses the model's own limit.
+        threads: ``torch.set_num_threads`` in each backend's process; ``None`` keeps torch's
+            default.
+        isolate: Run each backend in a fresh process (peak memory is then per backend).
+        command: The command line, recorded in the report.
+
+    Returns:
+        A :class:`BenchReport`.
+
+    Raises:
+        ValueError: an unknown backend name or bad counts.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown backends {unknown}; known: {sorted(BACKENDS)}")
+    if not backends:
+        raise ValueError("name at least one backend")
+    for label, values in (("lengths", lengths), ("candidates", candidates)):
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+            raise ValueError(f"{label} must be positive ints, got {list(values)}")
+    if queries < 1 or warmup < 0:
+        raise ValueError("queries must be ≥ 1 and warmup ≥ 0")
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+    path = str(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if max_length is None:
+        limits = [int(tokenizer.model_max_length)]
+        positions = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
+        if positions:
+            limits.append(int(positions))
+        max_length = min(n for n in limits if 0 < n < 100_000) if limits else 512
+    model = BenchModel(path, device, max_length, batch_size, dtype)
+    most = max(candidates)
+    workloads = []
+    if data is not None:
+        workloads.append(
+            dl19_workload(
+                data, tokenizer, queries=queries + warmup, candidates=most, max_length=max_length
+            )
+        )
+    for length in lengths:
+        workloads.append(
+            synthetic_workload(
+                tokenizer, length, queries=queries + warmup, candidates=most, max_length=max_length
+            )
+        )
+    info = machine_info(device)
+    results = []
+    for name in backends:
+        logger.info("benchmarking %s", name)
+        # The first ``warmup`` queries of each workload are run but not timed.
+        args = (name, model, workloads, list(candidates), warmup, threads)
+        if isolate:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+                results.append(pool.submit(_measure_backend, *args).result())
+        else:
+            results.append(_measure_backend(*args))
+    return BenchReport(
+        command=command,
+        model={**asdict(model), "queries": queries, "warmup": warmup, "isolated": isolate},
+        machine=info,
+        backends=[{k: v for k, v in b.items() if k != "rows"} for b in results],
+        rows=_compare(results),
+    )
+
+
+def bench_to_markdown(report: BenchReport) -> str:
+    """The benchmark as a Markdown table with the machine and the command that produced it."""
+    m = report.machine
+    v = m["versions"]
+    lines = [
+        f"Command: `{report.command}`" if report.command else "",
+        "",
+        f"Machine: {m['cpu']}, {m['physical_cores']} cores / {m['logical_cores']} threads, "
+        f"{m['memory_gb']} GB, device {m['device']}{', ' + m['gpu'] if m.get('gpu') else ''}; "
+        f"torch threads {report.backends[0]['torch_threads']}; load average at start "
+        f"{m['load_average']}; " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        "",
+        f"Model: `{report.model['path']}`, {report.model['dtype']}, max_length "
+        f"{report.model['max_length']}; {report.model['queries']} timed queries per row.",
+        "",
+        "| input | tokens/pair | candidates | backend | pairs/s | × ST | p50 ms | p95 ms "
+        "| peak RSS MB | max Δscore vs ST |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in report.rows:
+        ratio = f"{r['vs_st']:.2f}" if r["vs_st"] is not None else "n/a"
+        diff = f"{r['max_abs_diff_vs_st']:.1e}" if r["max_abs_diff_vs_st"] is not None else "n/a"
+        rss = f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] is not None else "n/a"
+        lines.append(
+            f"| {r['workload']} | {r['mean_tokens']:.0f} | {r['candidates']} | {r['backend']} "
+            f"| {r['pairs_per_s']:.1f} | {ratio} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} "
+            f"| {rss} | {diff} |"
+        )
+    lines += [
+        "",
+        "Load time per backend: "
+        + ", ".join(f"{b['backend']} {b['load_s']:.1f} s" for b in report.backends),
+    ]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def save_bench(
+    report: BenchReport, out_dir: str | os.PathLike[str], stem: str = "bench"
+) -> dict[str, Path]:
+    """Write ``<stem>.json`` and ``<stem>.md`` into ``out_dir``; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md"}
+    paths["json"].write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    paths["markdown"].write_text(bench_to_markdown(report), encoding="utf-8")
+    return paths

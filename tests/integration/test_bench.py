@@ -1,0 +1,93 @@
+"""``rag-rerank bench`` in smoke mode on the tiny real cross-encoder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sentence_transformers")
+pytest.importorskip("psutil")
+
+from typer.testing import CliRunner
+
+from rerank_core.app.bench import BACKENDS, bench_to_markdown, run_bench
+from rerank_core.app.cli import _register, app
+
+
+def test_all_backends_agree_and_are_timed(tiny_model_dir: Path) -> None:
+    report = run_bench(
+        tiny_model_dir,
+        lengths=[32],
+        candidates=[3, 6],
+        queries=2,
+        warmup=1,
+        isolate=False,
+        command="test",
+    )
+    rows = report.rows
+    assert {(r["backend"], r["candidates"]) for r in rows} == {
+        (b, n) for b in BACKENDS for n in (3, 6)
+    }
+    for r in rows:
+        assert r["workload"] == "synthetic-32" and r["queries"] == 2
+        assert abs(r["mean_tokens"] - 32) <= 2
+        assert r["pairs_per_s"] > 0 and 0 < r["p50_ms"] <= r["p95_ms"]
+        # Same weights, same pairs: every backend must give sentence-transformers' scores.
+        assert r["max_abs_diff_vs_st"] < 1e-5
+        if r["backend"] == "sentence-transformers":
+            assert r["vs_st"] == pytest.approx(1.0)
+    m = report.machine
+    assert m["logical_cores"] >= 1 and m["versions"]["torch"] and m["cpu"]
+    assert report.model["max_length"] == 128  # the tiny model's own window
+    md = bench_to_markdown(report)
+    assert all(f"| {b} |" in md for b in BACKENDS) and "Command: `test`" in md
+
+
+def test_unknown_backend_is_named(tiny_model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="unknown backends \\['nope'\\]"):
+        run_bench(tiny_model_dir, backends=["nope"])
+
+
+@pytest.mark.slow
+def test_isolated_backend_reports_its_own_peak_memory(tiny_model_dir: Path) -> None:
+    report = run_bench(
+        tiny_model_dir, backends=["scorer"], lengths=[32], candidates=[4], queries=1, warmup=0
+    )
+    (backend,) = report.backends
+    assert backend["peak_rss_mb"] > 50  # torch alone is more than this
+    assert report.rows[0]["vs_st"] is None  # no baseline in this run
+
+
+def test_cli_bench_smoke_and_eval(tmp_path: Path, tiny_model_dir: Path) -> None:
+    _register()
+    runner = CliRunner()
+    help_text = runner.invoke(app, ["--help"]).output
+    assert "eval" in help_text and "bench" in help_text
+    out = tmp_path / "bench"
+    result = runner.invoke(
+        app,
+        ["bench", "--smoke", "--no-isolate", "--candidates", "4", "--out", str(out),
+         "--backend", "scorer", "--backend", "sentence-transformers"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "bench.json").read_text())
+    assert {r["workload"] for r in data["rows"]} >= {"synthetic-32", "synthetic-128"}
+    assert (out / "bench.md").read_text().startswith("Command: `rag-rerank")
+
+    run_file = tmp_path / "run.jsonl"
+    docs = [{"docid": "a", "text": "Paris is in France.", "label": 1},
+            {"docid": "b", "text": "Bananas are yellow.", "label": 0}]  # fmt: skip
+    run_file.write_text(json.dumps({"qid": "1", "query": "where is Paris", "candidates": docs}))
+    result = runner.invoke(
+        app,
+        ["eval", str(run_file), "--no-bi-encoder", "--model", f"tiny={tiny_model_dir}",
+         "--window", "1", "--threshold", "0.5", "--out", str(tmp_path / "ev"), "--name", "t"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "ev" / "t.json").read_text())
+    assert [r["name"] for r in saved["rows"]] == ["first stage", "tiny", "tiny ≥0.5", "tiny @1"]
+    assert (tmp_path / "ev" / "t.png").stat().st_size > 1000
+    bad = runner.invoke(app, ["eval", str(run_file), "--no-bi-encoder", "--window", "0"])
+    assert bad.exit_code != 0 and "windows" in bad.output
