@@ -17,7 +17,7 @@ app = typer.Typer(
 
 # Each module registers its commands with ``register(app)`` and imports heavy libraries inside
 # the command functions, so ``rag-rerank --help`` stays fast.
-COMMAND_MODULES = ["rerank_core.app.train_cli"]
+COMMAND_MODULES = ["rerank_core.app.train_cli", "rerank_core.app.chain_cli"]
 
 
 def _register() -> None:
