@@ -630,6 +630,11 @@ class LLMSettings:
     max_retries: int = 2
 
     @property
+    def model_name(self) -> str:
+        """The model asked for at the endpoint (``gpt-4o-mini`` when none is named)."""
+        return self.model or "gpt-4o-mini"
+
+    @property
     def remote(self) -> bool:
         """Whether an endpoint is configured."""
         return bool(self.base_url)
@@ -637,7 +642,7 @@ class LLMSettings:
     def describe(self) -> str:
         """Human-readable, key-free: ``model @ url`` or the local model."""
         if self.remote:
-            return f"{self.model or '(default model)'} @ {self.base_url}"
+            return f"{self.model_name} @ {self.base_url}"
         return "SmolLM2-135M-Instruct (local, GGUF)"
 
     def scrub(self, message: str) -> str:

