@@ -7,7 +7,9 @@ Every backend scores the same queries with the same candidates from the same mod
   document;
 * ``sentence-transformers``: ``CrossEncoder.predict(pairs, batch_size=32)``, what LangChain's
   ``HuggingFaceCrossEncoder`` and LlamaIndex's ``SentenceTransformerRerank`` run;
-* ``scorer``: rag-rerank's :class:`~rerank_core.CrossEncoderScorer`.
+* ``torch``, ``torch-bf16``, ``onnx``, ``onnx-int8``: rag-rerank's own backends
+  (:func:`rerank_core.load_reranker`): :class:`~rerank_core.CrossEncoderScorer` in fp32 and with
+  bf16 autocast, ONNX Runtime fp32 and dynamic int8.
 
 A backend is one entry of :data:`BACKENDS`: a function that takes a :class:`BenchModel` and
 returns ``score(query, documents) -> scores``. Each backend runs in its own fresh process, so its
@@ -16,7 +18,8 @@ peak memory is its own and one backend's caches do not warm another's.
 Measured per backend, input set (DL19 passages, synthetic pairs of 32/128/256/512 tokens) and
 candidate count (50, 100): pairs per second, per-query latency p50/p95, peak RSS, the ratio to
 sentence-transformers, and the largest score difference from sentence-transformers on the same
-pairs (a check that a faster backend still computes the same thing).
+pairs (a check that a faster backend still computes the same thing), and the fraction of the
+machine's GEMM peak (measured in the same run, per precision) that the model's FLOPs reached.
 """
 
 from __future__ import annotations
@@ -119,14 +122,28 @@ def _st_backend(m: BenchModel) -> ScoreFn:
     return score
 
 
-def _scorer_backend(m: BenchModel) -> ScoreFn:
-    """rag-rerank's ``CrossEncoderScorer``."""
-    from rerank_core.cross_encoder import CrossEncoderScorer
+def _registry_backend(backend: str) -> Callable[[BenchModel], ScoreFn]:
+    """rag-rerank's own backend ``backend`` (see :data:`rerank_core.BACKENDS`)."""
 
-    scorer = CrossEncoderScorer(
-        m.path, device=m.device, max_length=m.max_length, batch_size=m.batch_size, dtype=m.dtype
-    )
-    return scorer.score
+    def make(m: BenchModel) -> ScoreFn:
+        import torch
+
+        from rerank_core.registry import load_reranker
+
+        kwargs: dict[str, Any] = {"max_length": m.max_length, "batch_size": m.batch_size}
+        if backend.startswith("onnx"):
+            if m.device != "cpu":
+                raise ValueError(f"the {backend} backend is timed on the CPU only")
+            # ONNX Runtime gets the same thread count as the torch backends.
+            kwargs["num_threads"] = torch.get_num_threads()
+        else:
+            kwargs["device"] = m.device
+        if backend == "torch":
+            kwargs["dtype"] = m.dtype
+        return load_reranker(m.path, backend=backend, **kwargs).score
+
+    make.__doc__ = f"rag-rerank's ``{backend}`` backend."
+    return make
 
 
 #: Backend name -> factory. Adding a backend is one line here: a function that takes a
@@ -134,8 +151,20 @@ def _scorer_backend(m: BenchModel) -> ScoreFn:
 BACKENDS: dict[str, Callable[[BenchModel], ScoreFn]] = {
     "loop": _loop_backend,
     "sentence-transformers": _st_backend,
-    "scorer": _scorer_backend,
+    "torch": _registry_backend("torch"),
+    "torch-bf16": _registry_backend("torch-bf16"),
+    "onnx": _registry_backend("onnx"),
+    "onnx-int8": _registry_backend("onnx-int8"),
 }
+
+# The arithmetic each backend's matrix products run in, for its fraction of the GEMM peak.
+_FIXED_PRECISION = {"torch-bf16": "bf16", "onnx": "fp32", "onnx-int8": "int8"}
+_DTYPE_PRECISION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def backend_precision(backend: str, dtype: str = "float32") -> str:
+    """``fp32``, ``bf16``, ``fp16`` or ``int8``: what ``backend`` multiplies in."""
+    return _FIXED_PRECISION.get(backend, _DTYPE_PRECISION[dtype])
 
 
 # --------------------------------------------------------------------------- inputs
@@ -401,6 +430,43 @@ def _compare(backends: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _measure_peaks(precisions: set[str], device: str, threads: int | None) -> dict[str, float]:
+    """GEMM peak per precision, measured with the thread count the backends run with."""
+    import torch
+
+    from rerank_core.app.hardware import gemm_peak
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        out = {}
+        for precision in sorted(precisions):
+            try:
+                out[precision] = gemm_peak(precision, device=device)
+            except (RuntimeError, NotImplementedError) as exc:  # e.g. no int8 GEMM on this device
+                logger.warning("no %s GEMM peak on %s: %s", precision, device, exc)
+        return out
+    finally:
+        torch.set_num_threads(before)
+
+
+def _add_peak_fraction(
+    rows: list[dict[str, Any]], gemm: dict[str, float], config: Any, dtype: str
+) -> list[dict[str, Any]]:
+    """Add each row's model GFLOP/s and its share of the GEMM peak of the backend's precision."""
+    from rerank_core.app.hardware import flops_per_pair
+
+    for row in rows:
+        precision = backend_precision(row["backend"], dtype)
+        rate = row["pairs_per_s"] * flops_per_pair(config, row["mean_tokens"]) / 1e9
+        peak = gemm.get(precision)
+        row["precision"] = precision
+        row["model_gflops_per_s"] = rate
+        row["fraction_of_peak"] = rate / peak if peak else None
+    return rows
+
+
 def run_bench(
     model_path: str | os.PathLike[str],
     *,
@@ -416,6 +482,7 @@ def run_bench(
     max_length: int | None = None,
     threads: int | None = None,
     isolate: bool = True,
+    peaks: bool = True,
     command: str = "",
 ) -> BenchReport:
     """Time every backend on the same model, queries and candidates.
@@ -436,6 +503,8 @@ def run_bench(
         threads: ``torch.set_num_threads`` in each backend's process; ``None`` keeps torch's
             default.
         isolate: Run each backend in a fresh process (peak memory is then per backend).
+        peaks: Measure the machine's GEMM peak for each precision the backends use (about a
+            second each) and report every row's fraction of it.
         command: The command line, recorded in the report.
 
     Returns:
@@ -482,6 +551,10 @@ def run_bench(
             )
         )
     info = machine_info(device)
+    gemm: dict[str, float] = {}
+    if peaks:
+        gemm = _measure_peaks({backend_precision(b, dtype) for b in backends}, device, threads)
+        info["gemm_peak_gflops"] = {k: round(v, 1) for k, v in gemm.items()}
     results = []
     for name in backends:
         logger.info("benchmarking %s", name)
@@ -501,7 +574,7 @@ def run_bench(
         model={**asdict(model), "queries": queries, "warmup": warmup, "isolated": isolate},
         machine=info,
         backends=[{k: v for k, v in b.items() if k != "rows"} for b in results],
-        rows=_compare(results),
+        rows=_add_peak_fraction(_compare(results), gemm, AutoConfig.from_pretrained(path), dtype),
     )
 
 
@@ -520,19 +593,32 @@ def bench_to_markdown(report: BenchReport) -> str:
         f"Model: `{report.model['path']}`, {report.model['dtype']}, max_length "
         f"{report.model['max_length']}; {report.model['queries']} timed queries per row.",
         "",
-        "| input | tokens/pair | candidates | backend | pairs/s | × ST | p50 ms | p95 ms "
-        "| peak RSS MB | max Δscore vs ST |",
-        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| input | tokens/pair | candidates | backend | pairs/s | × ST | × loop | p50 ms "
+        "| p95 ms | % of peak | peak RSS MB | max Δscore vs ST |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    loop = {(r["workload"], r["candidates"]): r for r in report.rows if r["backend"] == "loop"}
     for r in report.rows:
         ratio = f"{r['vs_st']:.2f}" if r["vs_st"] is not None else "n/a"
         diff = f"{r['max_abs_diff_vs_st']:.1e}" if r["max_abs_diff_vs_st"] is not None else "n/a"
         rss = f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] is not None else "n/a"
+        base = loop.get((r["workload"], r["candidates"]))
+        vs_loop = f"{r['pairs_per_s'] / base['pairs_per_s']:.2f}" if base else "n/a"
+        share = r.get("fraction_of_peak")
+        peak = f"{100 * share:.0f} % {r['precision']}" if share is not None else "n/a"
         lines.append(
             f"| {r['workload']} | {r['mean_tokens']:.0f} | {r['candidates']} | {r['backend']} "
-            f"| {r['pairs_per_s']:.1f} | {ratio} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} "
-            f"| {rss} | {diff} |"
+            f"| {r['pairs_per_s']:.1f} | {ratio} | {vs_loop} | {r['p50_ms']:.1f} "
+            f"| {r['p95_ms']:.1f} | {peak} | {rss} | {diff} |"
         )
+    if m.get("gemm_peak_gflops"):
+        lines += [
+            "",
+            "GEMM peak measured in this run (2048² products, GFLOP/s; GOP/s for int8): "
+            + ", ".join(f"{k} {v}" for k, v in m["gemm_peak_gflops"].items())
+            + ". % of peak = pairs/s × the model's FLOPs per pair at that length ÷ the peak of "
+            "the precision the backend multiplies in.",
+        ]
     lines += [
         "",
         "Load time per backend: "
