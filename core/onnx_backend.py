@@ -33,7 +33,7 @@ __all__ = ["OnnxCrossEncoderScorer", "default_onnx_cache_dir"]
 
 _INSTALL_HINT = "pip install 'rag-rerank[onnx]'"
 # Bump when the export recipe changes, so cached files made by an older recipe are rebuilt.
-_RECIPE = "1"
+_RECIPE = "2"  # bump when the export changes, so cached exports are rebuilt
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Model types whose attention and layer-norm patterns ONNX Runtime's optimizer can fuse.
 _FUSABLE = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "camembert", "mpnet"}
@@ -266,10 +266,12 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
         logger.info("exporting %s to ONNX at %s (once; later loads re-use it)", source, target)
         try:  # eager attention exports to the pattern the optimizer fuses into one kernel
             model = AutoModelForSequenceClassification.from_pretrained(
-                source, attn_implementation="eager", **self._hub
+                source, attn_implementation="eager", dtype=torch.float32, **self._hub
             )
         except (ValueError, TypeError):
-            model = AutoModelForSequenceClassification.from_pretrained(source, **self._hub)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source, dtype=torch.float32, **self._hub
+            )
         model.eval()
         names = [n for n in _INPUTS if n in ("input_ids", "attention_mask") or self._type_ids]
 

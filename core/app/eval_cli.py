@@ -65,6 +65,13 @@ def register(app: typer.Typer) -> None:
         relevance_level: int = typer.Option(
             1, help="Lowest grade counted relevant by MRR, Recall and hit@1 (TREC DL uses 2)."
         ),
+        backend: list[str] = typer.Option(
+            [],
+            "--backend",
+            "-b",
+            help="Local backend for every model (torch, torch-bf16, onnx, onnx-int8); repeat to "
+            "compare them. Default: torch.",
+        ),
         device: str = typer.Option(None, help="Device for the cross-encoders (default: best)."),
         batch_size: int = typer.Option(32, help="Pairs per forward pass."),
         max_length: int = typer.Option(None, help="Token window per pair (default: model's)."),
@@ -87,8 +94,22 @@ def register(app: typer.Typer) -> None:
                 models = {"rag-rerank-minilm-l6": str(DEFAULT_MODEL_DIR)}
             else:
                 typer.echo("no --model given and no bundled model installed: baselines only")
-        rerankers.update(models)
         scorer_kwargs = {"device": device, "batch_size": batch_size, "max_length": max_length}
+        if backend and backend != ["torch"]:
+            from rerank_core.registry import BACKENDS, load_reranker
+
+            unknown = sorted(set(backend) - set(BACKENDS))
+            if unknown:
+                raise typer.BadParameter(f"unknown --backend {unknown}; known: {sorted(BACKENDS)}")
+            for label, path in models.items():
+                for b in dict.fromkeys(backend):
+                    kwargs = {k: v for k, v in scorer_kwargs.items() if v is not None}
+                    if b.startswith("onnx"):
+                        kwargs.pop("device", None)
+                    key = label if len(backend) == 1 else f"{label} [{b}]"
+                    rerankers[key] = load_reranker(path, backend=b, **kwargs)
+        else:
+            rerankers.update(models)
         common = {
             "windows": window,
             "thresholds": threshold,

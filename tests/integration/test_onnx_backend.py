@@ -146,3 +146,17 @@ async def test_async_matches_sync(tiny_model_dir: Path, tmp_path: Path) -> None:
 def test_bad_quantize_is_named(tiny_model_dir: Path) -> None:
     with pytest.raises(ValueError, match="quantize"):
         OnnxCrossEncoderScorer(str(tiny_model_dir), quantize="int4")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_bundled_fp16_model_exports_in_fp32_and_int8(tmp_path: Path) -> None:
+    from rerank_core.cross_encoder import default_model_path
+
+    bundled = default_model_path()  # its weights are stored in fp16
+    exact = CrossEncoderScorer(str(bundled), device="cpu").score(QUERIES[0], DOCS)
+    fp32 = OnnxCrossEncoderScorer(str(bundled), cache_dir=tmp_path)
+    int8 = OnnxCrossEncoderScorer(str(bundled), quantize="int8", cache_dir=tmp_path)
+    assert max(abs(a - b) for a, b in zip(exact, fp32.score(QUERIES[0], DOCS), strict=True)) < 1e-4
+    quant = int8.score(QUERIES[0], DOCS)
+    assert max(abs(a - b) for a, b in zip(exact, quant, strict=True)) < 0.1
+    assert _spearman(exact, quant) > 0.8
