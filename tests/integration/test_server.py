@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import pytest
 
 from rerank_core import Reranker
 
 pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from rerank_core.app.server import ServerSettings, create_app  # noqa: E402
+from tests.integration.live_server import running  # noqa: E402
 
 QUERY = "how do cross-encoders rerank passages?"
 DOCS = [
@@ -28,30 +27,6 @@ DOCS = [
     "Bananas are rich in potassium.",
 ]
 KEY = "test-key-123"
-
-
-@contextmanager
-def running(app) -> Iterator[tuple[str, uvicorn.Server]]:
-    """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a thread; stop it afterwards."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=20)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive(), "server thread died during startup"
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", server
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-        assert not thread.is_alive(), "server did not stop"
 
 
 @pytest.fixture(scope="module")
