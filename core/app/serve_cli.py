@@ -20,6 +20,9 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option(None, help="cuda, cuda:1, mps or cpu (default: best)."),
         dtype: str = typer.Option(None, help="float32, float16, bfloat16 (default: auto)."),
         batch_size: int = typer.Option(32, help="Pairs per forward pass."),
+        threads: int = typer.Option(
+            None, min=1, help="CPU threads of the model (default: torch's, one per core)."
+        ),
         max_length: int = typer.Option(None, help="Tokens per pair (default: the model's)."),
         raw_scores: bool = typer.Option(
             False, "--raw-scores", help="Return raw logits instead of probabilities in [0, 1]."
@@ -59,6 +62,10 @@ def register(app: typer.Typer) -> None:
         from rerank_core import CrossEncoderScorer
         from rerank_core.app.server import ServerSettings, create_app
 
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         settings = ServerSettings(
             model_name=model_name,
             max_documents=max_documents,
