@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -127,10 +128,19 @@ class _ServerProcess:
         if cfg.device:
             cmd += ["--device", cfg.device]
         env = {**os.environ, "RAG_RERANK_API_KEY": ""}
+        # A file, not a pipe: nobody reads the server's log while it runs, and a full pipe
+        # would block the server on its next log line.
+        self.log = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")
         self.proc = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=self.log, text=True
         )
         self.timeout = cfg.startup_timeout_s
+
+    def log_tail(self, chars: int = 2000) -> str:
+        """The end of the server's stderr."""
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()[-chars:]
 
     def wait_ready(self) -> None:
         import httpx
@@ -138,16 +148,17 @@ class _ServerProcess:
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read() if self.proc.stderr else ""
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {err[-2000:]}")
+                code, tail = self.proc.returncode, self.log_tail()
+                raise RuntimeError(f"server exited with {code}: {tail}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(0.25)
+            time.sleep(0.1)
+        tail = self.log_tail()
         self.stop()
-        raise RuntimeError(f"server did not become ready in {self.timeout:.0f}s")
+        raise RuntimeError(f"server did not become ready in {self.timeout:.0f}s: {tail}")
 
     def rss_mb(self) -> float:
         import psutil
@@ -165,8 +176,7 @@ class _ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stderr:
-            self.proc.stderr.close()
+        self.log.close()
         return int(self.proc.returncode)
 
     def __enter__(self) -> _ServerProcess:
