@@ -54,6 +54,7 @@ class LoadTestConfig:
     overload_queue: int = 4
     device: str | None = None
     batch_size: int = 32
+    threads: int | None = None
     port: int = 0
     data: Path | None = None
     max_queue: int = 256
@@ -68,6 +69,8 @@ class LoadTestConfig:
             raise ValueError(f"modes must be 'batching' and/or 'no-batching', got {self.modes!r}")
         if self.documents < 1 or self.duration_s <= 0 or self.warmup_s < 0:
             raise ValueError("documents must be >= 1, duration_s > 0 and warmup_s >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be a positive int or None, got {self.threads!r}")
 
 
 # ------------------------------------------------------------------------------- workload
@@ -127,6 +130,8 @@ class _ServerProcess:
             cmd += ["--model", cfg.model]
         if cfg.device:
             cmd += ["--device", cfg.device]
+        if cfg.threads:
+            cmd += ["--threads", str(cfg.threads)]
         env = {**os.environ, "RAG_RERANK_API_KEY": ""}
         # A file, not a pipe: nobody reads the server's log while it runs, and a full pipe
         # would block the server on its next log line.
@@ -385,6 +390,7 @@ def _environment(cfg: LoadTestConfig) -> dict[str, Any]:
         "device": pick_device(cfg.device),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "server_threads": cfg.threads,
         "model": cfg.model or "bundled default",
     }
 
@@ -395,9 +401,11 @@ def write_report(report: dict[str, Any], output: Path) -> tuple[Path, Path]:
     json_path = output / "server_bench.json"
     json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     cfg, env = report["config"], report["environment"]
+    threads = f"torch threads {env['server_threads']}, " if env.get("server_threads") else ""
     lines = [
         f"Load test of `rag-rerank serve` on 127.0.0.1: model {env['model']} on {env['device']}"
         f"{' (' + env['gpu'] + ')' if env.get('gpu') else ''}, {env['cpu_count']} CPUs, "
+        f"{threads}"
         f"{cfg['documents']} documents per request, {cfg['duration_s']:g}s per run after "
         f"{cfg['warmup_s']:g}s warm-up; workload: {report['workload']}.",
         "",

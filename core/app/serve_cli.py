@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import typer
@@ -120,29 +121,51 @@ def register(app: typer.Typer) -> None:
         overload_queue: int = typer.Option(4, help="Queue size of the past-capacity server."),
         device: str = typer.Option(None, help="Device of the server's model."),
         batch_size: int = typer.Option(32, help="Pairs per forward pass in the server."),
+        threads: int = typer.Option(
+            None, min=1, help="CPU threads of the server's model (default: torch's)."
+        ),
         port: int = typer.Option(0, help="Server port (0: a free one)."),
         data: Path = typer.Option(
             None, help="TREC DL19 bm25_top100.jsonl for realistic texts (default: shared data)."
+        ),
+        smoke: bool = typer.Option(
+            False,
+            help="Check the whole run in seconds, figures meaningless: a tiny random model "
+            "(unless --model), 2 clients, 1 s per run, no warm-up, 16 clients on a queue of 1 "
+            "past capacity, one model thread.",
         ),
     ) -> None:
         """Load-test the server on 127.0.0.1: throughput and latency with batching on and off."""
         from rerank_core.app.loadtest import LoadTestConfig, run_load_test, write_report
 
-        cfg = LoadTestConfig(
-            model=model,
-            concurrency=list(concurrency),
-            documents=documents,
-            duration_s=duration,
-            warmup_s=warmup,
-            modes=list(modes),
-            overload_clients=overload_clients,
-            overload_queue=overload_queue,
-            device=device,
-            batch_size=batch_size,
-            port=port,
-            data=data,
-        )
-        report = run_load_test(cfg, progress=typer.echo)
+        with tempfile.TemporaryDirectory() as tmp:
+            if smoke:
+                from rerank_core.app.bench_cli import build_smoke_model
+
+                model = model or str(build_smoke_model(Path(tmp)))
+                concurrency = [min([*concurrency, 2])]
+                documents, duration, warmup = min(documents, 8), min(duration, 1.0), 0.0
+                overload_clients = min(overload_clients, 16)
+                overload_queue, threads = 1, threads or 1
+            try:
+                cfg = LoadTestConfig(
+                    model=model,
+                    concurrency=list(concurrency),
+                    documents=documents,
+                    duration_s=duration,
+                    warmup_s=warmup,
+                    modes=list(modes),
+                    overload_clients=overload_clients,
+                    overload_queue=overload_queue,
+                    device=device,
+                    batch_size=batch_size,
+                    threads=threads,
+                    port=port,
+                    data=data,
+                )
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc)) from exc
+            report = run_load_test(cfg, progress=typer.echo)
         json_path, md_path = write_report(report, output)
         typer.echo(md_path.read_text(encoding="utf-8"))
         typer.echo(f"wrote {json_path} and {md_path}")

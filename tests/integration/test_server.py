@@ -238,28 +238,35 @@ def test_scoring_failure_is_a_500_and_server_survives():
 
 @pytest.mark.slow
 def test_bench_server_smoke(tiny_model_dir, tmp_path):
-    from rerank_core.app.loadtest import LoadTestConfig, run_load_test, write_report
+    """``rag-rerank bench-server --smoke``: the real load test end to end, in seconds."""
+    import json
 
-    cfg = LoadTestConfig(
-        model=str(tiny_model_dir),
-        concurrency=[2],
-        documents=5,
-        duration_s=1.5,
-        warmup_s=0.2,
-        overload_clients=8,
-        overload_queue=1,
-        device="cpu",
-    )
-    report = run_load_test(cfg)
-    json_path, md_path = write_report(report, tmp_path)
+    from typer.testing import CliRunner
+
+    from rerank_core.app.cli import _register, app
+
+    _register()
+    out = tmp_path / "bench"
+    args = ["bench-server", "--smoke", "--model", str(tiny_model_dir), "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "server_bench.json").read_text(encoding="utf-8"))
+    cfg = report["config"]
+    assert (cfg["concurrency"], cfg["duration_s"], cfg["warmup_s"]) == ([2], 1.0, 0.0)
+    assert cfg["threads"] == 1 and report["environment"]["server_threads"] == 1
     assert {r["mode"] for r in report["runs"]} == {"batching", "no-batching"}
     for run in report["runs"]:
-        assert run["ok"] > 0
-        assert run["failed"] == 0
+        assert run["ok"] > 0 and run["failed"] == 0
+        assert run["mean_requests_per_batch"] >= 1.0  # read back from the server's /metrics
+    assert "2" in report["batching_speedup"]
+    # Past capacity: only 200 and 503 (no transport errors, no 500), and the server lives on.
     over = report["overload"]
     assert set(over["statuses"]) <= {"200", "503"}
+    assert over["statuses"].get("503", 0) > 0, over  # the queue of one was really overrun
+    assert over["p99_503_ms"] is not None
+    assert sum(over["statuses"].values()) == over["requests"]
     assert over["healthy_after"] == 200
     assert over["clean_exit"], over["exit_code"]
-    assert "2" in report["batching_speedup"]
-    assert json_path.is_file()
-    assert "| clients | batching |" in md_path.read_text(encoding="utf-8")
+    md = (out / "server_bench.md").read_text(encoding="utf-8")
+    assert "torch threads 1," in md and "| clients | batching |" in md
+    assert "Past capacity (16 clients" in md
