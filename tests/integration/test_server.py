@@ -266,6 +266,7 @@ def test_bench_server_smoke(tiny_model_dir, tmp_path):
     assert over["p99_503_ms"] is not None
     assert sum(over["statuses"].values()) == over["requests"]
     assert over["healthy_after"] == 200
+    assert over["peak_rss_mb"] < 1.5 * max(r["peak_rss_mb"] for r in report["runs"])
     assert over["clean_exit"], over["exit_code"]
     md = (out / "server_bench.md").read_text(encoding="utf-8")
     assert "torch threads 1," in md and "| clients | batching |" in md
