@@ -75,6 +75,9 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option(None, help="Device for the cross-encoders (default: best)."),
         batch_size: int = typer.Option(32, help="Pairs per forward pass."),
         max_length: int = typer.Option(None, help="Token window per pair (default: model's)."),
+        chunking: bool = typer.Option(
+            False, help="Score long passages as overlapping windows and keep the best window."
+        ),
         out: Path = typer.Option(Path("eval-results"), "--out", "-o", help="Output folder."),
         name: str = typer.Option(None, help="File stem of the outputs (default: data name)."),
     ) -> None:
@@ -94,7 +97,12 @@ def register(app: typer.Typer) -> None:
                 models = {"rag-rerank-minilm-l6": str(DEFAULT_MODEL_DIR)}
             else:
                 typer.echo("no --model given and no bundled model installed: baselines only")
-        scorer_kwargs = {"device": device, "batch_size": batch_size, "max_length": max_length}
+        scorer_kwargs = {
+            "device": device,
+            "batch_size": batch_size,
+            "max_length": max_length,
+            "chunking": chunking,
+        }
         if backend and backend != ["torch"]:
             from rerank_core.registry import BACKENDS, load_reranker
 
