@@ -201,8 +201,12 @@ class TokenizedReranker(Reranker):
 
         Returns:
             One ``int`` per pair, in input order.
+
+        Raises:
+            TypeError: ``pairs`` is not a sequence of ``(query, document)`` string pairs.
+            ValueError: a query is empty.
         """
-        encoded = self._tokenize(pairs)
+        encoded = self._tokenize(self._check_pairs(pairs))
         return [sum(len(ids) for ids, _ in windows) for windows in encoded]
 
     # ----------------------------------------------------------------- batching

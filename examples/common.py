@@ -423,8 +423,13 @@ def index_passages(
 # --------------------------------------------------------------------------- reranker
 
 
-def load_reranker(model: str | None = None, *, rerank_window: int | None = None) -> Reranker:
+def load_reranker(
+    model: str | None = None, *, rerank_window: int | None = None, chunking: bool = True
+) -> Reranker:
     """A :class:`~rerank_core.CrossEncoderScorer`: ``model`` (hub id or folder) or the bundled one.
+
+    Chunking is on by default: indexed passages run to 1000 characters, past the bundled model's
+    128-token window, and a truncated passage is judged by its start alone.
 
     Raises:
         ChainError: the model cannot be loaded (the message says how to name another).
@@ -432,7 +437,7 @@ def load_reranker(model: str | None = None, *, rerank_window: int | None = None)
     from rerank_core import CrossEncoderScorer
 
     try:
-        return CrossEncoderScorer(model or None, rerank_window=rerank_window)
+        return CrossEncoderScorer(model or None, rerank_window=rerank_window, chunking=chunking)
     except FileNotFoundError as exc:
         raise ChainError(
             f"{exc}. Name a reranker with --reranker-model or RAG_RERANK_MODEL."

@@ -208,6 +208,12 @@ def register(app: typer.Typer) -> None:
             envvar="RAG_RERANK_MODEL",
             help="Reranker: hub id or folder (default: the bundled model).",
         ),
+        chunking: bool = typer.Option(
+            True,
+            "--chunking/--no-chunking",
+            help="Score a passage longer than the reranker's window by its best window "
+            "(off: read only its start).",
+        ),
         llm_base_url: str = typer.Option(
             None,
             "--llm-base-url",
@@ -267,7 +273,7 @@ def register(app: typer.Typer) -> None:
                 report = index_passages(col, load_corpus(source))
                 if report.added:
                     typer.echo(f"indexed {report.added} new passages from {source}")
-            reranker = load_reranker(reranker_model, rerank_window=rerank_window)
+            reranker = load_reranker(reranker_model, rerank_window=rerank_window, chunking=chunking)
             run, llm = _run_chain(
                 framework,
                 client,

@@ -30,6 +30,7 @@ from rerank_examples.common import (
     chroma_client,
     index_passages,
     load_corpus,
+    load_reranker,
     open_collection,
     sample_corpus_path,
 )
@@ -427,6 +428,24 @@ def test_demo_claims_with_the_bundled_reranker(store, embeddings) -> None:
     for noise in ("apple-en", "weather-en", "apple-zh", "weather-zh"):
         assert by_id[noise].status == "below_threshold"
     assert run.kept[0].id == "ai-definition-en"
+
+
+@pytest.mark.skipif(not (BUNDLED / "config.json").is_file(), reason="bundled reranker not built")
+def test_chain_reranker_reads_a_whole_indexed_passage() -> None:
+    # An indexed passage may run to 1000 characters, past the bundled model's 128 tokens: the
+    # chain's reranker must judge it by its best window, not by its start.
+    filler = "To brew pour-over coffee, rinse the filter and pour hot water slowly in circles. " * 8
+    answer = (
+        "Artificial intelligence is the branch of computer science that builds thinking machines."
+    )
+    passage = filler + answer
+    assert len(passage) <= 1000
+    chained = load_reranker()
+    truncated = load_reranker(chunking=False)
+    assert truncated.count_tokens([(QUESTION, passage)]) == [truncated.max_length]
+    whole, start = chained.score(QUESTION, [passage])[0], truncated.score(QUESTION, [passage])[0]
+    assert whole > 0.5 > start
+    assert chained.last_chunk_stats.chunked_pairs == 1
 
 
 # --------------------------------------------------------------------------- real LLM

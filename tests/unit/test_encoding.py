@@ -194,3 +194,16 @@ def test_bf16_autocast_stays_close_to_fp32(tiny_model_dir: Path) -> None:
     a, b = fp32.score_pairs(PAIRS), bf16.score_pairs(PAIRS)
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 0.05
     assert bf16.describe()["autocast"] == "bfloat16"
+
+
+def test_count_tokens_counts_every_window_and_names_bad_input(tiny_model_dir: Path) -> None:
+    plain = CrossEncoderScorer(str(tiny_model_dir), device="cpu")
+    chunked = CrossEncoderScorer(str(tiny_model_dir), device="cpu", chunking=True)
+    long_doc = "word " * 400
+    (short_n, long_n) = plain.count_tokens([("query", "short"), ("query", long_doc)])
+    assert short_n < long_n <= plain.max_length
+    assert chunked.count_tokens([("query", long_doc)])[0] > plain.max_length
+    with pytest.raises(TypeError, match="pairs must be a sequence"):
+        plain.count_tokens("query and document")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"pairs\[0\]"):
+        plain.count_tokens([("query",)])  # type: ignore[list-item]
