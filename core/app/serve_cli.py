@@ -52,6 +52,12 @@ def register(app: typer.Typer) -> None:
             30, help="Seconds to let in-flight requests finish on shutdown."
         ),
         access_log: bool = typer.Option(False, help="Log every request (uvicorn access log)."),
+        chunking: bool = typer.Option(
+            False,
+            "--chunking",
+            help="Score a document longer than the model's window by its best window, as "
+            "hosted rerank APIs do (default: truncate).",
+        ),
     ) -> None:
         """Serve a reranker over HTTP (Cohere /v1 and /v2, Jina, SiliconFlow and TEI APIs)."""
         try:
@@ -87,6 +93,7 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             max_length=max_length,
             normalize=not raw_scores,
+            chunking=chunking,
         )
         typer.echo(
             f"serving {scorer.model_name} on http://{host}:{port} "

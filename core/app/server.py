@@ -240,7 +240,9 @@ class RerankRequestV1(BaseModel):
         None, description="Only `['text']` is supported: the `text` field is what is scored."
     )
     max_chunks_per_doc: int | None = Field(
-        None, description="Accepted for compatibility; long documents are truncated, not chunked."
+        None,
+        description="Accepted for compatibility; the server truncates long documents, or "
+        "chunks them when started with --chunking.",
     )
 
     _documents = field_validator("documents", mode="before")(_check_documents)

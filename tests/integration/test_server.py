@@ -271,3 +271,18 @@ def test_bench_server_smoke(tiny_model_dir, tmp_path):
     md = (out / "server_bench.md").read_text(encoding="utf-8")
     assert "torch threads 1," in md and "| clients | batching |" in md
     assert "Past capacity (16 clients" in md
+
+
+def test_a_chunking_server_scores_long_documents_by_their_best_window(tiny_model_dir):
+    from rerank_core import CrossEncoderScorer
+
+    chunked = CrossEncoderScorer(str(tiny_model_dir), device="cpu", chunking=True)
+    truncated = CrossEncoderScorer(str(tiny_model_dir), device="cpu")
+    docs = ["bananas " * 300 + DOCS[0], DOCS[1]]
+    expected = chunked.score(QUERY, docs)
+    assert expected[0] != pytest.approx(truncated.score(QUERY, docs)[0], abs=1e-6)
+    with running(create_app(chunked, settings=ServerSettings(api_key=None))) as (url, _):
+        body = {"query": QUERY, "documents": docs}
+        results = httpx.post(f"{url}/v1/rerank", json=body, timeout=60).json()["results"]
+    served = {r["index"]: r["relevance_score"] for r in results}
+    assert served == {i: pytest.approx(s, abs=1e-5) for i, s in enumerate(expected)}
