@@ -431,6 +431,13 @@ class EvalReport:
         """A JSON-safe dict of the whole report."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvalReport:
+        """The report :meth:`to_dict` described (e.g. a saved ``<stem>.json``, to re-plot it)."""
+        fields = dict(data)
+        fields["rows"] = [ConfigResult(**row) for row in data["rows"]]
+        return cls(**fields)
+
     def to_markdown(self) -> str:
         """The results as Markdown tables: quality and latency, then calibration."""
         head = ["configuration", *self.metric_names, "results/q", "p50 ms", "p95 ms"]
@@ -513,26 +520,64 @@ def _num(x: float | None) -> str:
 def plot_quality_latency(
     report: EvalReport, path: str | os.PathLike[str], metric: str = "nDCG@10"
 ) -> Path:
-    """Plot ``metric`` against p50 latency per query, one labelled point per configuration.
+    """Plot ``metric`` against p50 latency per query: one colour per reranker.
 
-    Configurations without a measured latency (the first stage of a rerank file) sit at 0 ms.
+    A reranker's windows and full list are joined by a line (labelled ``@K`` and ``all``), so the
+    cost of a wider window reads off directly; thresholds are hollow triangles. Configurations
+    without a measured latency (the first stage of a rerank file) sit at 0 ms.
     """
     _require("matplotlib")
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 5.5), dpi=120)
-    ax = fig.add_subplot()
-    for r in report.rows:
+    def p50(r: ConfigResult) -> float:
         total = r.latency_ms.get("total")
-        x = total["p50"] if total else 0.0
-        y = r.metrics[metric]
-        marker = "s" if r.reranker is None else "^" if r.threshold is not None else "o"
-        ax.scatter([x], [y], marker=marker, s=50)
-        ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        return total["p50"] if total else 0.0
+
+    fig = Figure(figsize=(8.5, 5.5), dpi=120)
+    ax = fig.add_subplot()
+    groups: dict[str | None, list[ConfigResult]] = {}
+    for r in report.rows:
+        groups.setdefault(r.reranker, []).append(r)
+    for i, (name, rows) in enumerate(groups.items()):
+        color = f"C{i % 10}"
+        if name is None:
+            for r in rows:
+                ax.scatter([p50(r)], [r.metrics[metric]], marker="s", s=60, color=color)
+                ax.annotate(
+                    r.name,
+                    (p50(r), r.metrics[metric]),
+                    textcoords="offset points",
+                    xytext=(6, -3),
+                    fontsize=8,
+                )
+            continue
+        line = sorted(
+            (r for r in rows if r.threshold is None),
+            key=lambda r: r.window if r.window is not None else 1 << 30,
+        )
+        xs, ys = [p50(r) for r in line], [r.metrics[metric] for r in line]
+        ax.plot(xs, ys, "-o", color=color, markersize=6, label=name)
+        for r, x, y in zip(line, xs, ys, strict=True):
+            tag = f"@{r.window}" if r.window is not None else "all"
+            ax.annotate(
+                tag, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color
+            )
+        for r in rows:
+            if r.threshold is not None:
+                ax.scatter(
+                    [p50(r)],
+                    [r.metrics[metric]],
+                    marker="^",
+                    s=45,
+                    facecolors="none",
+                    edgecolors=color,
+                )
+    ax.scatter([], [], marker="^", facecolors="none", edgecolors="gray", label="with threshold")
     ax.set_xlabel("p50 latency per query (ms): first stage + rerank")
     ax.set_ylabel(metric)
     ax.set_title(f"{report.dataset}: {metric} vs latency ({report.queries} queries)")
     ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

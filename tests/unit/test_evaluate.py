@@ -13,6 +13,7 @@ pytest.importorskip("ir_measures")
 
 from rerank_core.app.evaluate import (
     Candidate,
+    EvalReport,
     QueryCandidates,
     evaluate_candidates,
     evaluate_rerank_file,
@@ -215,6 +216,9 @@ def test_report_files(tmp_path: Path) -> None:
     md = paths["markdown"].read_text()
     assert "| table @1 |" in md and "Calibration" in md
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    loaded = EvalReport.from_dict(data)
+    assert loaded == report
+    assert loaded.row("table @1").window == 1
 
 
 def test_extras_named_in_error_messages_exist() -> None:
