@@ -523,8 +523,8 @@ def plot_quality_latency(
     """Plot ``metric`` against p50 latency per query: one colour per reranker.
 
     A reranker's windows and full list are joined by a line (labelled ``@K`` and ``all``), so the
-    cost of a wider window reads off directly; thresholds are hollow triangles. Configurations
-    without a measured latency (the first stage of a rerank file) sit at 0 ms.
+    cost of a wider window reads off directly; thresholds are hollow triangles labelled ``≥T``.
+    Configurations without a measured latency (the first stage of a rerank file) sit at 0 ms.
     """
     _require("matplotlib")
     from matplotlib.figure import Figure
@@ -564,20 +564,18 @@ def plot_quality_latency(
             )
         for r in rows:
             if r.threshold is not None:
-                ax.scatter(
-                    [p50(r)],
-                    [r.metrics[metric]],
-                    marker="^",
-                    s=45,
-                    facecolors="none",
-                    edgecolors=color,
+                x, y = p50(r), r.metrics[metric]
+                ax.scatter([x], [y], marker="^", s=45, facecolors="none", edgecolors=color)
+                tag = f"≥{r.threshold:g}" + (f" @{r.window}" if r.window is not None else "")
+                ax.annotate(
+                    tag, (x, y), textcoords="offset points", xytext=(4, -9), fontsize=7, color=color
                 )
     ax.scatter([], [], marker="^", facecolors="none", edgecolors="gray", label="with threshold")
     ax.set_xlabel("p50 latency per query (ms): first stage + rerank")
     ax.set_ylabel(metric)
     ax.set_title(f"{report.dataset}: {metric} vs latency ({report.queries} queries)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
