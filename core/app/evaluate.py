@@ -529,47 +529,40 @@ def plot_quality_latency(
     _require("matplotlib")
     from matplotlib.figure import Figure
 
-    def p50(r: ConfigResult) -> float:
-        total = r.latency_ms.get("total")
-        return total["p50"] if total else 0.0
-
     fig = Figure(figsize=(8.5, 5.5), dpi=120)
     ax = fig.add_subplot()
+
+    def point(r: ConfigResult) -> tuple[float, float]:
+        total = r.latency_ms.get("total")
+        return (total["p50"] if total else 0.0), r.metrics[metric]
+
+    def tag(r: ConfigResult, text: str, color: str, dy: int, size: int = 7) -> None:
+        ax.annotate(
+            text, point(r), textcoords="offset points", xytext=(5, dy), fontsize=size, color=color
+        )
+
     groups: dict[str | None, list[ConfigResult]] = {}
     for r in report.rows:
         groups.setdefault(r.reranker, []).append(r)
     for i, (name, rows) in enumerate(groups.items()):
         color = f"C{i % 10}"
-        if name is None:
+        if name is None:  # the first stage alone
             for r in rows:
-                ax.scatter([p50(r)], [r.metrics[metric]], marker="s", s=60, color=color)
-                ax.annotate(
-                    r.name,
-                    (p50(r), r.metrics[metric]),
-                    textcoords="offset points",
-                    xytext=(6, -3),
-                    fontsize=8,
-                )
+                ax.scatter(*point(r), marker="s", s=60, color=color)
+                tag(r, r.name, "black", -3, size=8)
             continue
         line = sorted(
             (r for r in rows if r.threshold is None),
             key=lambda r: r.window if r.window is not None else 1 << 30,
         )
-        xs, ys = [p50(r) for r in line], [r.metrics[metric] for r in line]
-        ax.plot(xs, ys, "-o", color=color, markersize=6, label=name)
-        for r, x, y in zip(line, xs, ys, strict=True):
-            tag = f"@{r.window}" if r.window is not None else "all"
-            ax.annotate(
-                tag, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color
-            )
+        ax.plot(*zip(*map(point, line), strict=True), "-o", color=color, markersize=6, label=name)
+        for r in line:
+            tag(r, f"@{r.window}" if r.window is not None else "all", color, 4)
         for r in rows:
             if r.threshold is not None:
-                x, y = p50(r), r.metrics[metric]
-                ax.scatter([x], [y], marker="^", s=45, facecolors="none", edgecolors=color)
-                tag = f"≥{r.threshold:g}" + (f" @{r.window}" if r.window is not None else "")
-                ax.annotate(
-                    tag, (x, y), textcoords="offset points", xytext=(4, -9), fontsize=7, color=color
-                )
+                ax.scatter(*point(r), marker="^", s=45, facecolors="none", edgecolors=color)
+                window = f" @{r.window}" if r.window is not None else ""
+                tag(r, f"≥{r.threshold:g}{window}", color, -9)
     ax.scatter([], [], marker="^", facecolors="none", edgecolors="gray", label="with threshold")
     ax.set_xlabel("p50 latency per query (ms): first stage + rerank")
     ax.set_ylabel(metric)
