@@ -429,7 +429,7 @@ def load_reranker(
     """A :class:`~rerank_core.CrossEncoderScorer`: ``model`` (hub id or folder) or the bundled one.
 
     Chunking is on by default: indexed passages run to 1000 characters, past the bundled model's
-    128-token window, and a truncated passage is judged by its start alone.
+    192-token window, and a truncated passage is judged by its start alone.
 
     Raises:
         ChainError: the model cannot be loaded (the message says how to name another).

@@ -432,13 +432,13 @@ def test_demo_claims_with_the_bundled_reranker(store, embeddings) -> None:
 
 @pytest.mark.skipif(not (BUNDLED / "config.json").is_file(), reason="bundled reranker not built")
 def test_chain_reranker_reads_a_whole_indexed_passage() -> None:
-    # An indexed passage may run to 1000 characters, past the bundled model's 128 tokens: the
+    # An indexed passage may run to 1000 characters, past the bundled model's window: the
     # chain's reranker must judge it by its best window, not by its start.
-    filler = "To brew pour-over coffee, rinse the filter and pour hot water slowly in circles. " * 8
+    sentence = "To brew pour-over coffee, rinse the filter and pour hot water slowly in circles. "
     answer = (
         "Artificial intelligence is the branch of computer science that builds thinking machines."
     )
-    passage = filler + answer
+    passage = sentence * ((1000 - len(answer)) // len(sentence)) + answer
     assert len(passage) <= 1000
     chained = load_reranker()
     truncated = load_reranker(chunking=False)
