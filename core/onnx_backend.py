@@ -33,7 +33,7 @@ __all__ = ["OnnxCrossEncoderScorer", "default_onnx_cache_dir"]
 
 _INSTALL_HINT = "pip install 'rag-rerank[onnx]'"
 # Bump when the export recipe changes, so cached files made by an older recipe are rebuilt.
-_RECIPE = "3"  # bump when the export changes, so cached exports are rebuilt
+_RECIPE = "3"
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Model types whose attention and layer-norm patterns ONNX Runtime's optimizer can fuse.
 _FUSABLE = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "camembert", "mpnet"}

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from rerank_core import CrossEncoderScorer
+
+if TYPE_CHECKING:
+    from rerank_core.app.train import TrainConfig
 
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("datasets")
@@ -63,32 +67,44 @@ def _mrr(model_dir: Path, rows: list[dict[str, object]]) -> float:
     return total / len(rows)
 
 
+def _tiny_config(out: Path, train_file: Path, base: Path, **settings: object) -> TrainConfig:
+    """A run on a tiny written set: no validation, fp32, shallow mining, plus ``settings``."""
+    from rerank_core.app.train import TrainConfig
+
+    return TrainConfig(
+        output_dir=str(out),
+        data=[str(train_file)],
+        base_model=str(base),
+        group_size=6,
+        eval_steps=1000,
+        val_queries=0,
+        bf16=False,
+        mine_depth=10,
+        **settings,  # type: ignore[arg-type]
+    )
+
+
 @pytest.mark.slow
 def test_tiny_run_learns_and_resumes(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from rerank_core.app.train import TrainConfig, export_model, train
+    from rerank_core.app.train import export_model, train
 
     train_file = tmp_path / "train.jsonl"
     _write_set(train_file, TOPICS, seed=0, n=300)
     held_out = _write_set(tmp_path / "held.jsonl", TOPICS, seed=99, n=40)
     before = _mrr(tiny_model_dir, held_out)
 
-    cfg = TrainConfig(
-        output_dir=str(tmp_path / "run"),
-        data=[str(train_file)],
-        base_model=str(tiny_model_dir),
+    cfg = _tiny_config(
+        tmp_path / "run",
+        train_file,
+        tiny_model_dir,
         teacher=None,
         max_steps=300,
         groups_per_step=8,
-        group_size=6,
         max_length=32,
         learning_rate=2e-3,
         warmup_steps=5,
         save_steps=150,
-        eval_steps=1000,
         logging_steps=10,
-        val_queries=0,
-        bf16=False,
-        mine_depth=10,
     )
     final = train(cfg)
     state = json.loads((tmp_path / "run" / "checkpoint-300" / "trainer_state.json").read_text())
@@ -115,26 +131,21 @@ def test_second_stage_from_an_fp16_export_with_the_default_teacher(
     import torch
     from safetensors.torch import load_file
 
-    from rerank_core.app.train import TrainConfig, export_model, train
+    from rerank_core.app.train import export_model, train
 
     shipped = export_model(tiny_model_dir, tmp_path / "shipped", max_length=32)
     assert {t.dtype for t in load_file(shipped / "model.safetensors").values()} == {torch.float16}
     train_file = tmp_path / "train.jsonl"
     _write_set(train_file, TOPICS, seed=2, n=40)
-    cfg = TrainConfig(
-        output_dir=str(tmp_path / "stage2"),
-        data=[str(train_file)],
-        base_model=str(shipped),
+    cfg = _tiny_config(
+        tmp_path / "stage2",
+        train_file,
+        shipped,
         teacher="default",
         max_steps=4,
         groups_per_step=4,
-        group_size=6,
         max_length=48,
         save_steps=4,
-        eval_steps=1000,
-        val_queries=0,
-        bf16=False,
-        mine_depth=10,
     )
     final = train(cfg)
     # trained in fp32 (fp16 master weights would lose the small updates)
