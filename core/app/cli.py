@@ -22,13 +22,20 @@ COMMAND_MODULES = [
     "rerank_core.app.eval_cli",
     "rerank_core.app.bench_cli",
     "rerank_core.app.serve_cli",
-    "rerank_core.app.chain_cli",
 ]
+
+#: Entry-point group through which other packages add commands (the RAG chain adds ``ask`` and
+#: ``index`` this way), so the library never imports them by name.
+COMMAND_GROUP = "rag_rerank.commands"
 
 
 def _register() -> None:
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(app)
+    from importlib.metadata import entry_points
+
+    for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        entry.load()(app)
 
 
 @app.callback()

@@ -24,7 +24,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from typer.testing import CliRunner
 
-from rerank_core.app import chain_cli
+from rerank_examples import cli as chain_cli
 from rerank_examples.common import (
     NO_ANSWER,
     chroma_client,

@@ -1,5 +1,7 @@
 """``rag-rerank ask`` and ``rag-rerank index``: the Chroma RAG chain from the command line.
 
+Registered with the ``rag-rerank`` command through the ``rag_rerank.commands`` entry point.
+
 Exit codes: 0 answered; 1 an error the message explains (bad corpus, unreachable LLM or Chroma,
 missing model); 3 no grounded answer (nothing recalled, or the threshold dropped everything).
 """
