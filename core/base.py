@@ -9,6 +9,7 @@ checks, length-sorted batching, restoring input order, finiteness checks, sortin
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 from abc import ABC, abstractmethod
@@ -21,12 +22,20 @@ logger = logging.getLogger(__name__)
 Pair = tuple[str, str]
 
 __all__ = [
+    "SCORE_SCALES",
     "Pair",
     "RerankResult",
     "Reranker",
     "RerankerError",
     "ScoringError",
 ]
+
+
+#: What a score can mean. ``probability``: in [0, 1], a threshold such as 0.3 applies;
+#: ``calibrated-probability``: a probability fitted so that 0.5 means "as likely relevant as not";
+#: ``logit``: unbounded, its sigmoid is a probability; ``similarity``: a bounded similarity such as
+#: a cosine, not a probability; ``unknown``: the backend cannot say (a generic remote server).
+SCORE_SCALES = ("probability", "calibrated-probability", "logit", "similarity", "unknown")
 
 
 class RerankerError(Exception):
@@ -329,9 +338,35 @@ class Reranker(ABC):
             result.append(s)
         return result
 
+    # ----------------------------------------------------------------- identity
+
+    @property
+    def score_scale(self) -> str:
+        """What this reranker's scores mean: one of :data:`SCORE_SCALES`."""
+        return "unknown"
+
+    def identity(self) -> dict[str, Any]:
+        """Every setting that changes a score, as JSON-safe values.
+
+        Two rerankers with equal identities give the same score for the same pair (up to
+        floating-point noise), so caches and servers key on it. Subclasses extend it with each
+        score-affecting setting they add; settings that only change speed (batch size, threads)
+        stay out.
+        """
+        return {"class": type(self).__name__, "model": self.model_name, "scale": self.score_scale}
+
+    @property
+    def score_id(self) -> str:
+        """:meth:`identity` as one canonical string (sorted-key JSON), for cache keys."""
+        return json.dumps(self.identity(), sort_keys=True, default=str)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model_name={self.model_name!r})"
 
     def describe(self) -> dict[str, Any]:
-        """A JSON-safe description of this reranker for logs and events."""
-        return {"class": type(self).__name__, "model_name": self.model_name}
+        """A JSON-safe description of this reranker for logs and events (for people)."""
+        return {
+            "class": type(self).__name__,
+            "model_name": self.model_name,
+            "score_scale": self.score_scale,
+        }

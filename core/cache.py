@@ -10,7 +10,6 @@ least recently used first. It is off unless you wrap a scorer in :class:`CachedR
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -145,8 +144,8 @@ class CachedReranker(Reranker):
         self.inner = inner
         self.cache = cache if cache is not None else ScoreCache(max_entries)
         self.model_name = inner.model_name
-        # Everything that changes a score (model, scale, precision, window) is in describe().
-        self._scorer_id = json.dumps(inner.describe(), sort_keys=True, default=str)
+        # The inner scorer's identity covers every setting that changes a score.
+        self._scorer_id = inner.score_id
 
     def cache_info(self) -> CacheInfo:
         """Hit and miss counts and the size of the cache."""
@@ -178,6 +177,15 @@ class CachedReranker(Reranker):
         keys, found, missing = self._lookup(pairs)
         new = await self.inner.ascore_pairs([pairs[i] for i in missing]) if missing else []
         return self._fill(keys, found, missing, new)
+
+    @property
+    def score_scale(self) -> str:
+        """The wrapped scorer's scale: cached scores are returned as it gave them."""
+        return self.inner.score_scale
+
+    def identity(self) -> dict[str, Any]:
+        """The wrapped scorer's identity: caching never changes a score."""
+        return self.inner.identity()
 
     def describe(self) -> dict[str, Any]:
         """The wrapped scorer's description, with the cache's counters."""

@@ -269,6 +269,16 @@ class CrossEncoderScorer(TokenizedReranker):
                 logits = self.model(**inputs, return_dict=True).logits
             return logits.float().cpu().numpy()
 
+    def identity(self) -> dict[str, Any]:
+        """Adds the precision: weight dtype, autocast dtype and the kind of device."""
+        return {
+            **super().identity(),
+            "backend": "torch",
+            "device_type": self.device.split(":")[0],
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "autocast": str(self.autocast).removeprefix("torch.") if self.autocast else None,
+        }
+
     def describe(self) -> dict[str, Any]:
         """A JSON-safe description: model, device, dtype, window and scale."""
         return {

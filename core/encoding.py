@@ -307,6 +307,22 @@ class TokenizedReranker(Reranker):
         raw = logits[:, 0] if self.num_labels == 1 else logits[:, 1] - logits[:, 0]
         return 0.5 * (1.0 + np.tanh(0.5 * raw)) if self.normalize else raw
 
+    @property
+    def score_scale(self) -> str:
+        """``"probability"`` with ``normalize=True`` (the sigmoid), else ``"logit"``."""
+        return "probability" if self.normalize else "logit"
+
+    def identity(self) -> dict[str, Any]:
+        """Model, scale, window and long-passage settings: each changes scores."""
+        return {
+            **super().identity(),
+            "max_length": self.max_length,
+            "num_labels": self.num_labels,
+            "chunking": self.chunking,
+            "chunk_overlap": self.chunk_overlap if self.chunking else None,
+            "max_chunks": self.max_chunks if self.chunking else None,
+        }
+
     def describe(self) -> dict[str, Any]:
         """A JSON-safe description, with the batching and chunking settings."""
         return {

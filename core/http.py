@@ -101,6 +101,8 @@ class ProviderSpec:
         options: Optional request fields this service accepts (see :class:`HTTPReranker`).
         instruction_models: Model-name prefixes that use ``instruction``.
         score_scale: What the default scores mean, for the docs and ``describe()``.
+        scale: The default scores' scale, one of :data:`~rerank_core.base.SCORE_SCALES`;
+            ``raw_scores=True`` turns a ``"probability"`` preset into ``"logit"``.
     """
 
     name: str
@@ -119,6 +121,7 @@ class ProviderSpec:
     options: frozenset[str] = field(default_factory=frozenset)
     instruction_models: tuple[str, ...] = ()
     score_scale: str = "relevance in [0, 1]"
+    scale: str = "probability"
 
 
 #: Every supported service, by preset name. Document limits marked "conservative" are not
@@ -223,6 +226,7 @@ PROVIDERS: dict[str, ProviderSpec] = {
             return_documents_field=None,
             max_documents=1000,
             score_scale="as the server defines it",
+            scale="unknown",
         ),
     )
 }
@@ -816,6 +820,22 @@ class HTTPReranker(Reranker):
 
     def __repr__(self) -> str:
         return f"HTTPReranker(provider={self.provider!r}, model={self.model!r}, url={self.url!r})"
+
+    @property
+    def score_scale(self) -> str:
+        """The preset's scale; ``"logit"`` when ``raw_scores=True`` asks for raw logits."""
+        return "logit" if self.options.get("raw_scores") else self.spec.scale
+
+    def identity(self) -> dict[str, Any]:
+        """Service, endpoint, model and every request option: each can change scores."""
+        return {
+            **super().identity(),
+            "provider": self.provider,
+            "url": self.url,
+            "remote_model": self.model,
+            "options": dict(sorted(self.options.items())),
+            "extra_body": self.extra_body,
+        }
 
     def describe(self) -> dict[str, Any]:
         """A JSON-safe description (never the key) for logs and events."""

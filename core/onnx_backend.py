@@ -353,6 +353,16 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
         (logits,) = self.session.run(["logits"], feed)
         return np.asarray(logits)
 
+    def identity(self) -> dict[str, Any]:
+        """Adds the runtime, precision and export recipe, each of which moves scores slightly."""
+        return {
+            **super().identity(),
+            "backend": "onnxruntime",
+            "quantize": self.quantize,
+            "optimize": self.optimize,
+            "recipe": _RECIPE,
+        }
+
     def describe(self) -> dict[str, Any]:
         """A JSON-safe description: model, precision, ONNX file and threads."""
         return {

@@ -705,8 +705,7 @@ def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) ->
     if not isinstance(settings, ServerSettings):
         raise TypeError(f"settings must be a ServerSettings, got {type(settings).__name__}")
     model_name = settings.model_name or reranker.model_name
-    normalize = getattr(reranker, "normalize", None)
-    scale = "probability" if normalize is True else "raw" if normalize is False else "unknown"
+    scale = reranker.score_scale
     metrics = _Metrics()
     batcher = _Batcher(reranker, settings, metrics)
 
@@ -842,7 +841,7 @@ def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) ->
                 "invalid_request",
             )
         scores, _ = await run(body.query, body.texts)
-        if not body.raw_scores and scale == "raw":
+        if not body.raw_scores and scale == "logit":
             scores = [_sigmoid(s) for s in scores]
         out = []
         for i in _order(scores):

@@ -24,8 +24,8 @@ class CountingScorer(Reranker):
         self.seen.extend(pairs)
         return [(zlib.crc32(f"{q}|{d}".encode()) % 1000 + self.salt) / 1000 for q, d in pairs]
 
-    def describe(self) -> dict[str, object]:
-        return {**super().describe(), "salt": self.salt}
+    def identity(self) -> dict[str, object]:
+        return {**super().identity(), "salt": self.salt}
 
 
 DOCS = [f"passage number {i}" for i in range(10)]
