@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rerank_core.validation import check_positive_int, check_text, check_texts
+
 logger = logging.getLogger(__name__)
 
 Pair = tuple[str, str]
@@ -70,33 +72,14 @@ class RerankResult:
 
 
 def _check_query(query: object) -> str:
-    if not isinstance(query, str):
-        raise TypeError(f"query must be a str, got {type(query).__name__}")
-    if not query.strip():
-        raise ValueError("query must be a non-empty string")
-    return query
+    return check_text("query", query, allow_blank=False)
 
 
 def _check_documents(documents: object) -> list[str]:
-    if isinstance(documents, str) or not isinstance(documents, Sequence):
-        raise TypeError(
-            f"documents must be a sequence of str (a list or tuple), got {type(documents).__name__}"
-        )
-    for i, doc in enumerate(documents):
-        if not isinstance(doc, str):
-            raise TypeError(f"documents[{i}] must be a str, got {type(doc).__name__}")
-    return list(documents)
+    return check_texts("documents", documents)
 
 
-def _check_positive_int(name: str, value: int | None) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-    return value
-
-
-def _check_threshold(value: float | None) -> float | None:
+def _check_threshold(value: object) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
@@ -148,8 +131,8 @@ class Reranker(ABC):
         rerank_window: int | None = None,
         should_rerank: Callable[[str], bool] | None = None,
     ) -> None:
-        self.batch_size = _check_positive_int("batch_size", batch_size) or 32
-        self.rerank_window = _check_positive_int("rerank_window", rerank_window)
+        self.batch_size = check_positive_int("batch_size", batch_size) or 32
+        self.rerank_window = check_positive_int("rerank_window", rerank_window)
         if should_rerank is not None and not callable(should_rerank):
             raise TypeError("should_rerank must be a callable taking the query, or None")
         self.should_rerank = should_rerank
@@ -280,7 +263,7 @@ class Reranker(ABC):
     ) -> _Plan:
         query = _check_query(query)
         docs = _check_documents(documents)
-        _check_positive_int("top_n", top_n)
+        check_positive_int("top_n", top_n)
         _check_threshold(score_threshold)
         if not docs:
             return _Plan(query, docs, 0)
@@ -308,18 +291,20 @@ class Reranker(ABC):
 
     @staticmethod
     def _check_pairs(pairs: Sequence[Pair]) -> list[Pair]:
-        if isinstance(pairs, str) or not isinstance(pairs, Sequence):
-            raise TypeError(f"pairs must be a sequence of (query, document), got {type(pairs)}")
+        if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
+            raise TypeError(
+                f"pairs must be a sequence of (query, document), got {type(pairs).__name__}"
+            )
         checked: list[Pair] = []
         for i, pair in enumerate(pairs):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
                 raise TypeError(f"pairs[{i}] must be a (query, document) tuple")
-            q, d = pair
-            if not isinstance(q, str) or not q.strip():
-                raise ValueError(f"pairs[{i}]: query must be a non-empty string")
-            if not isinstance(d, str):
-                raise TypeError(f"pairs[{i}]: document must be a str, got {type(d).__name__}")
-            checked.append((q, d))
+            checked.append(
+                (
+                    check_text(f"pairs[{i}] query", pair[0], allow_blank=False),
+                    check_text(f"pairs[{i}] document", pair[1]),
+                )
+            )
         return checked
 
     def _scatter(self, batch: list[int], scores: Sequence[float], out: list[float | None]) -> None:
