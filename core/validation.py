@@ -71,10 +71,10 @@ def check_number(
 
 
 def is_blank(text: str) -> bool:
-    """Whether ``text`` has no visible character: only whitespace and invisible format marks.
+    r"""Whether ``text`` has no visible character: only whitespace and invisible format marks.
 
     Zero-width spaces and joiners, the byte-order mark and other format characters (Unicode
-    category ``Cf``) count as blank, so a query of ``"\\u200b"`` is as empty as ``""``.
+    category ``Cf``) count as blank, so a query of ``"\u200b"`` is as empty as ``""``.
     """
     return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text)
 
