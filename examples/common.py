@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 from rerank_core import Reranker
-from rerank_core.base import Pair
+from rerank_core.base import Batch, Pair, RerankerWrapper
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -446,7 +446,7 @@ def load_reranker(
         raise ChainError(f"cannot load the reranker {model!r}: {exc}") from None
 
 
-class RecordingReranker(Reranker):
+class RecordingReranker(RerankerWrapper):
     """Wraps a reranker and remembers every score it gives, so a trace can show dropped ones.
 
     The adapters apply ``top_n`` and the threshold and return only what they keep; the scores
@@ -456,24 +456,22 @@ class RecordingReranker(Reranker):
 
     def __init__(self, inner: Reranker) -> None:
         super().__init__(
-            batch_size=inner.batch_size,
-            rerank_window=inner.rerank_window,
-            should_rerank=inner.should_rerank,
+            inner, rerank_window=inner.rerank_window, should_rerank=inner.should_rerank
         )
-        self.inner = inner
-        self.model_name = inner.model_name
         self._scores: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()
 
-    def _score_pairs(self, pairs: Sequence[Pair]) -> Sequence[float]:
-        scores = self.inner._score_pairs(pairs)
+    def _record(self, pairs: Sequence[Pair], scores: list[float]) -> list[float]:
         with self._lock:
-            for (query, doc), score in zip(pairs, scores, strict=False):
-                self._scores.setdefault(query, {})[doc] = float(score)
+            for (query, doc), score in zip(pairs, scores, strict=True):
+                self._scores.setdefault(query, {})[doc] = score
         return scores
 
-    def _batch_plan(self, pairs: Sequence[Pair]) -> list[list[int]]:
-        return self.inner._batch_plan(pairs)
+    def _score_pairs(self, pairs: Sequence[Pair]) -> list[float]:
+        return self._record(pairs, self.inner.score_pairs(pairs))
+
+    async def _ascore_batch(self, batch: Batch) -> list[float]:
+        return self._record(batch.pairs, await self.inner.ascore_pairs(batch.pairs))
 
     def pop_scores(self, query: str) -> dict[str, float]:
         """Scores given for ``query`` since the last call, keyed by document text."""
