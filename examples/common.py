@@ -46,6 +46,7 @@ __all__ = [
     "LocalChatGenerator",
     "Passage",
     "RecordingReranker",
+    "build_reranker",
     "chroma_client",
     "classify_candidates",
     "default_persist_dir",
@@ -53,7 +54,6 @@ __all__ = [
     "embedding_model_path",
     "index_passages",
     "load_corpus",
-    "load_reranker",
     "numbered_sources",
     "open_collection",
     "sample_corpus_path",
@@ -423,27 +423,39 @@ def index_passages(
 # --------------------------------------------------------------------------- reranker
 
 
-def load_reranker(
-    model: str | None = None, *, rerank_window: int | None = None, chunking: bool = True
+def build_reranker(
+    model: str | None = None,
+    *,
+    backend: str = "torch",
+    rerank_window: int | None = None,
+    chunking: bool = True,
 ) -> Reranker:
-    """A :class:`~rerank_core.CrossEncoderScorer`: ``model`` (hub id or folder) or the bundled one.
+    """The chain's reranker, built by :func:`rerank_core.load_reranker`.
 
-    Chunking is on by default: indexed passages run to 1000 characters, past the bundled model's
-    192-token window, and a truncated passage is judged by its start alone.
+    Args:
+        model: Hub id or folder; ``None`` uses the bundled model.
+        backend: Any name of :data:`rerank_core.registry.BACKENDS` that runs a local model.
+        rerank_window: Rerank only the first K recalled passages.
+        chunking: On by default: indexed passages run to 1000 characters, past the bundled
+            model's 192-token window, and a truncated passage is judged by its start alone.
 
     Raises:
         ChainError: the model cannot be loaded (the message says how to name another).
     """
-    from rerank_core import CrossEncoderScorer
+    from rerank_core import load_reranker
 
     try:
-        return CrossEncoderScorer(model or None, rerank_window=rerank_window, chunking=chunking)
+        return load_reranker(
+            model or None, backend=backend, rerank_window=rerank_window, chunking=chunking
+        )
     except FileNotFoundError as exc:
         raise ChainError(
             f"{exc}. Name a reranker with --reranker-model or RAG_RERANK_MODEL."
         ) from None
-    except (OSError, ValueError) as exc:
-        raise ChainError(f"cannot load the reranker {model!r}: {exc}") from None
+    except ImportError as exc:
+        raise ChainError(str(exc)) from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise ChainError(f"cannot load the reranker {model!r} ({backend}): {exc}") from None
 
 
 class RecordingReranker(RerankerWrapper):
