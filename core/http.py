@@ -794,5 +794,6 @@ class HTTPReranker(Reranker):
             "provider": self.provider,
             "model": self.model,
             "url": self.url,
-            "score_scale": self.spec.score_scale,
+            "score_scale": self.score_scale,
+            "score_meaning": self.spec.score_scale,
         }
