@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from rerank_core import __version__
 from rerank_core.base import Batch, Pair, Reranker, RerankerError, ScoringError, _batch_of
 from rerank_core.validation import check_positive_int
 
@@ -58,7 +59,7 @@ __all__ = [
     "RemoteTimeoutError",
 ]
 
-_USER_AGENT = "rag-rerank/0.1.0"
+_USER_AGENT = f"rag-rerank/{__version__}"
 _BODY_EXCERPT = 300
 
 

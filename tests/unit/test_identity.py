@@ -1,4 +1,4 @@
-"""A score's identity: every setting that changes a score changes the identity, and caches key on it.
+"""A score's identity: every setting that changes a score changes it, and caches key on it.
 
 Each backend is built once with defaults, then once per score-affecting setting changed; every
 identity must differ from the default one (and settings that only change speed must not).
