@@ -45,9 +45,12 @@ class CrossEncoderReranker(ScorerRecord, BaseDocumentCompressor):
 
     Example:
         >>> from langchain_classic.retrievers import ContextualCompressionRetriever
-        >>> reranker = CrossEncoderReranker.from_model(backend="onnx-int8", top_n=3)
+        >>> reranker = CrossEncoderReranker.from_model(
+        ...     backend="onnx-int8", top_n=3
+        ... )  # doctest: +SKIP
         >>> retriever = ContextualCompressionRetriever(
-        ...     base_compressor=reranker, base_retriever=vectorstore.as_retriever(k=50)
+        ...     base_compressor=reranker,
+        ...     base_retriever=vectorstore.as_retriever(search_kwargs={"k": 50}),
         ... )  # doctest: +SKIP
     """
 
