@@ -24,16 +24,7 @@ pytest.importorskip("uvicorn")
 from rerank_core import Reranker
 from rerank_core.app.server import ServerSettings, create_app
 from tests.integration.live_server import running
-
-QUERY = "how do cross-encoders rerank passages?"
-DOCS = [
-    "Cross-encoders read the query and passage together and output a relevance score.",
-    "The Eiffel Tower is in Paris.",
-    "交叉编码器同时读取查询和段落。",
-    "Rerankers reorder the candidates a first-stage retriever found.",
-    "Bananas are rich in potassium.",
-]
-KEY = "test-key-123"
+from tests.integration.test_server import DOCS, KEY, QUERY
 
 
 @pytest.fixture(scope="module")

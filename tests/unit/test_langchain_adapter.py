@@ -164,24 +164,6 @@ def test_from_model_refuses_a_scorer_and_an_unknown_backend() -> None:
 # ------------------------------------------------------------------ policy and empty results
 
 
-@pytest.mark.parametrize("top_n", [None, 1, 2, 10])
-@pytest.mark.parametrize("threshold", [None, 0.0, 0.25, 0.5, 2.0])
-@pytest.mark.parametrize("window", [None, 2])
-def test_policy_is_the_cores(
-    top_n: int | None, threshold: float | None, window: int | None
-) -> None:
-    scorer = WordOverlap(rerank_window=window)
-    docs = _docs()
-    out = CrossEncoderReranker(
-        scorer=scorer, top_n=top_n, score_threshold=threshold
-    ).compress_documents(docs, QUERY)
-    core = scorer.rerank(
-        QUERY, [d.page_content for d in docs], top_n=top_n, score_threshold=threshold
-    )
-    assert [d.id for d in out] == [docs[r.index].id for r in core]
-    assert [d.metadata.get("relevance_score") for d in out] == [r.score for r in core]
-
-
 async def test_nothing_passes_the_threshold_returns_empty_and_logs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

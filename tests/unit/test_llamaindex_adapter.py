@@ -173,25 +173,6 @@ def test_from_model_refuses_a_scorer_and_an_unknown_backend() -> None:
 # ------------------------------------------------------------------ policy and empty results
 
 
-@pytest.mark.parametrize("top_n", [None, 1, 2, 10])
-@pytest.mark.parametrize("threshold", [None, 0.0, 0.25, 0.5, 2.0])
-@pytest.mark.parametrize("window", [None, 2])
-def test_policy_is_the_cores(
-    top_n: int | None, threshold: float | None, window: int | None
-) -> None:
-    scorer = WordOverlap(rerank_window=window)
-    nodes = _nodes()
-    out = CrossEncoderRerank(
-        scorer=scorer, top_n=top_n, score_threshold=threshold
-    ).postprocess_nodes(nodes, query_str=QUERY)
-    core = scorer.rerank(
-        QUERY, [n.node.get_content() for n in nodes], top_n=top_n, score_threshold=threshold
-    )
-    assert [n.node.node_id for n in out] == [nodes[r.index].node.node_id for r in core]
-    expected = [nodes[r.index].score if r.score is None else r.score for r in core]
-    assert [n.score for n in out] == expected
-
-
 async def test_nothing_passes_the_threshold_returns_empty_and_logs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
