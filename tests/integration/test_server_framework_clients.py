@@ -27,6 +27,18 @@ from tests.integration.live_server import running
 from tests.integration.test_server import DOCS, KEY, QUERY
 
 
+@pytest.fixture(scope="session")
+def langchain_cohere() -> None:
+    pytest.importorskip("langchain_cohere")
+
+
+@pytest.fixture(scope="session")
+def llamaindex_cohere() -> None:
+    pytest.importorskip("llama_index.postprocessor.cohere_rerank")
+
+
+# Session-scoped and listed first in each test, so a missing package skips before the tiny
+# model is built and the server started.
 @pytest.fixture(scope="module")
 def server_url(tiny_scorer: Reranker):
     app = create_app(tiny_scorer, settings=ServerSettings(api_key=KEY, model_name="tiny"))
@@ -38,8 +50,9 @@ def _best(scores: list[float], n: int) -> list[int]:
     return sorted(range(len(scores)), key=lambda i: -scores[i])[:n]
 
 
-def test_langchain_cohere_rerank(server_url: str, tiny_scorer: Reranker) -> None:
-    pytest.importorskip("langchain_cohere")
+def test_langchain_cohere_rerank(
+    langchain_cohere: None, server_url: str, tiny_scorer: Reranker
+) -> None:
     from langchain_cohere import CohereRerank
     from langchain_core.documents import Document
 
@@ -52,8 +65,9 @@ def test_langchain_cohere_rerank(server_url: str, tiny_scorer: Reranker) -> None
     assert got == pytest.approx([expected[i] for i in _best(expected, 3)], rel=1e-5)
 
 
-def test_llamaindex_cohere_rerank(server_url: str, tiny_scorer: Reranker) -> None:
-    pytest.importorskip("llama_index.postprocessor.cohere_rerank")
+def test_llamaindex_cohere_rerank(
+    llamaindex_cohere: None, server_url: str, tiny_scorer: Reranker
+) -> None:
     from llama_index.core.schema import NodeWithScore, TextNode
     from llama_index.postprocessor.cohere_rerank import CohereRerank
 
