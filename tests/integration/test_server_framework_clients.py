@@ -27,6 +27,8 @@ from tests.integration.live_server import running
 from tests.integration.test_server import DOCS, KEY, QUERY
 
 
+# Session-scoped and listed first in each test, so a missing package skips before the tiny
+# model is built and the server started.
 @pytest.fixture(scope="session")
 def langchain_cohere() -> None:
     pytest.importorskip("langchain_cohere")
@@ -37,8 +39,6 @@ def llamaindex_cohere() -> None:
     pytest.importorskip("llama_index.postprocessor.cohere_rerank")
 
 
-# Session-scoped and listed first in each test, so a missing package skips before the tiny
-# model is built and the server started.
 @pytest.fixture(scope="module")
 def server_url(tiny_scorer: Reranker):
     app = create_app(tiny_scorer, settings=ServerSettings(api_key=KEY, model_name="tiny"))
