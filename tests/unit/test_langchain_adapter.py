@@ -175,7 +175,7 @@ async def test_nothing_passes_the_threshold_returns_empty_and_logs(
     assert len(messages) == 2
     assert "none of 4 candidates reached score_threshold=0.9" in messages[0]
     assert "best score 0.75" in messages[0]
-    assert "'unknown' scale" in messages[0]
+    assert "'probability' scale" in messages[0]
 
 
 def test_an_empty_input_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
