@@ -26,6 +26,7 @@ import numpy as np
 
 from rerank_core.cross_encoder import default_model_path
 from rerank_core.encoding import TokenizedReranker
+from rerank_core.readability import DEFAULT_UNREADABLE_LIMIT
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,9 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
         optimize: Fuse kernels with ONNX Runtime's transformer optimizer (BERT-family models).
         rerank_window: See :class:`~rerank_core.Reranker`.
         should_rerank: See :class:`~rerank_core.Reranker`.
+        unreadable_limit: Share of ``[UNK]`` tokens above which a text counts as unreadable
+            for the model; see :class:`~rerank_core.encoding.TokenizedReranker`.
+        strict_readability: Raise instead of warning on unreadable text.
         local_files_only: Never contact the hub (defaults to ``HF_HUB_OFFLINE``).
         revision: Hub revision to load.
 
@@ -162,6 +166,8 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
         device: str | None = None,
         optimize: bool = True,
         rerank_window: int | None = None,
+        unreadable_limit: float = DEFAULT_UNREADABLE_LIMIT,
+        strict_readability: bool = False,
         should_rerank: Callable[[str], bool] | None = None,
         local_files_only: bool | None = None,
         revision: str | None = None,
@@ -174,6 +180,8 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
             max_chunks=max_chunks,
             rerank_window=rerank_window,
             should_rerank=should_rerank,
+            unreadable_limit=unreadable_limit,
+            strict_readability=strict_readability,
         )
         if quantize not in (None, "int8"):
             raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")

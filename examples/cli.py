@@ -87,6 +87,8 @@ def _print_run(
     llm_name: str,
     load_s: float,
     llm_load_s: float | None = None,
+    score_scale: str = "probability",
+    readability_warning: str | None = None,
 ) -> None:
     echo = typer.echo
     t = run.timings
@@ -104,8 +106,10 @@ def _print_run(
     reranked = run.reranked
     echo(
         f"\n== 2. Rerank: {len(reranked)} scored by {reranker_name} "
-        f"({t.get('rerank', 0.0):.2f} s); relevance = probability"
+        f"({t.get('rerank', 0.0):.2f} s); relevance = {score_scale}"
     )
+    if readability_warning:
+        typer.secho(f"   warning: {readability_warning}", fg=typer.colors.YELLOW)
     for i, c in enumerate(reranked[:top_k_shown], 1):
         mark = {"kept": "keep", "below_threshold": "drop", "beyond_top_n": "cut "}[c.status]
         echo(
@@ -140,6 +144,15 @@ def _print_run(
             echo(f"  [{i}] {_label(c)} (relevance {rel}): {_short(c.text, 70)}")
     stages = ", ".join(f"{k} {v:.2f} s" for k, v in t.items())
     echo(f"\nTime: load {load_s:.2f} s; {stages}; total {load_s + sum(t.values()):.2f} s")
+
+
+def _readability_warning(reranker: Any, texts: list[str]) -> str | None:
+    from rerank_core.encoding import TokenizedReranker
+
+    report = reranker.last_readability if isinstance(reranker, TokenizedReranker) else None
+    if report is None or report.ok:
+        return None
+    return report.message(Path(reranker.model_name).name, texts)
 
 
 def _label(c: Candidate) -> str:
@@ -310,6 +323,10 @@ def register(app: typer.Typer) -> None:
             llm_name=settings.describe(),
             load_s=load_s,
             llm_load_s=getattr(getattr(llm, "generator", None), "load_seconds", None),
+            score_scale=reranker.score_scale,
+            readability_warning=_readability_warning(
+                reranker, [run.question, *(c.text for c in run.recalled)]
+            ),
         )
         if not run.recalled:
             raise _fail(f"nothing was recalled from collection '{collection}'", EXIT_NO_ANSWER)
