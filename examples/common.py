@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -247,25 +248,40 @@ def _load_jsonl(path: Path) -> list[Passage]:
 
 
 def _chunks(text: str, max_chars: int) -> Iterator[str]:
-    """Paragraphs packed up to ``max_chars``; a longer paragraph is split at whitespace."""
+    """Paragraphs packed up to ``max_chars``; a longer paragraph is split at whitespace.
+
+    A long paragraph is cut at the last space in its next ``max_chars`` characters (when that
+    space lies past the middle, else exactly at ``max_chars``); the whitespace at a cut is
+    dropped. The cuts walk an offset through the paragraph instead of re-slicing its rest, so
+    the time is linear in the text's length however long a paragraph runs.
+    """
     buf = ""
     for para in (p.strip() for p in text.replace("\r\n", "\n").split("\n\n")):
         if not para:
             continue
-        while len(para) > max_chars:
-            cut = para.rfind(" ", 0, max_chars)
+        start, end = 0, len(para)
+        while end - start > max_chars:
+            cut = para.rfind(" ", start, start + max_chars) - start
             cut = cut if cut > max_chars // 2 else max_chars
             if buf:
                 yield buf
                 buf = ""
-            yield para[:cut].strip()
-            para = para[cut:].strip()
-        if buf and len(buf) + 2 + len(para) > max_chars:
+            yield para[start : start + cut].strip()
+            # The paragraph was stripped, so a non-space always follows a cut.
+            found = _NON_SPACE.search(para, start + cut)
+            start = found.start() if found else end
+        rest = para[start:] if start else para
+        if buf and len(buf) + 2 + len(rest) > max_chars:
             yield buf
             buf = ""
-        buf = f"{buf}\n\n{para}" if buf else para
+        buf = f"{buf}\n\n{rest}" if buf else rest
     if buf:
         yield buf
+
+
+#: Where the text after a cut resumes: ``\S`` on a str matches exactly the characters that
+#: ``str.strip`` keeps (those for which ``str.isspace`` is false).
+_NON_SPACE = re.compile(r"\S")
 
 
 def _load_folder(folder: Path, max_chars: int) -> list[Passage]:
