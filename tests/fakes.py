@@ -121,3 +121,18 @@ class KeywordRetriever(BaseRetriever):
             key=lambda i: -len(words & set(self.documents[i].page_content.lower().split())),
         )
         return [self.documents[i] for i in order[: kwargs.get("k", self.k)]]
+
+
+def checksum_vectors(texts: Sequence[str], dim: int = 384) -> list[list[float]]:
+    """Deterministic unit vectors from a checksum of each text: an ``embed`` for indexing tests.
+
+    Same text, same vector; ``dim`` matches all-MiniLM-L6-v2, so a collection filled with these
+    can be indexed into later with the real model.
+    """
+    out = []
+    for text in texts:
+        seed = zlib.crc32(text.encode())
+        raw = [((seed * (i + 1) * 2654435761) % 1000) / 1000 + 0.001 for i in range(dim)]
+        norm = sum(x * x for x in raw) ** 0.5
+        out.append([x / norm for x in raw])
+    return out
