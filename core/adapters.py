@@ -19,7 +19,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rerank_core.base import Reranker, RerankResult
+from rerank_core.base import Cutoffs, Reranker, RerankResult
 
 __all__ = ["Cut", "check_scorer", "describe_scorer", "from_model_parts"]
 
@@ -57,26 +57,29 @@ def from_model_parts(
 
 @dataclass(frozen=True, slots=True)
 class Cut:
-    """What an adapter keeps of a ranking: ``score_threshold`` first, then ``top_n``.
+    """What an adapter keeps of a ranking: the scorer's :class:`~rerank_core.base.Cutoffs`.
 
-    Exactly as :meth:`rerank_core.Reranker.rerank` documents them: scores below the threshold are
-    dropped (unscored results, outside the rerank window or skipped by the gate, are exempt), then
-    the first ``top_n`` are kept. The adapter asks the scorer for the whole ranking so that, when
-    candidates were given and none reaches the threshold, the result is empty and ``log`` says so
-    at INFO with the count, the best score, the threshold and the score scale: a threshold on the
-    wrong scale (0.3 against raw logits, say) is the usual reason.
+    The adapter asks the scorer for the whole ranking and applies the cut-offs exactly as
+    :meth:`rerank_core.Reranker.rerank` does (threshold, margin, gap, then ``top_n``), so that,
+    when candidates were given and none reaches the threshold, the result is empty and ``log``
+    says so at INFO with the count, the best score, the threshold and the score scale: a
+    threshold on the wrong scale (0.3 against raw logits, say) is the usual reason.
 
     Attributes:
         top_n: Keep at most this many; ``None`` keeps all.
         score_threshold: Drop scored results below this; ``None`` keeps all.
         owner: The adapter's name, for the log line.
         log: The adapter's logger.
+        score_margin: Drop scored results more than this below the best score.
+        cut_at_largest_gap: Keep only the scored results above the largest score drop.
     """
 
     top_n: int | None
     score_threshold: float | None
     owner: str
     log: logging.Logger
+    score_margin: float | None = None
+    cut_at_largest_gap: bool = False
 
     def rerank(self, scorer: Reranker, query: str, texts: Sequence[str]) -> list[RerankResult]:
         """Rank ``texts`` for ``query`` with ``scorer`` and keep what :meth:`keep` keeps."""
@@ -89,27 +92,14 @@ class Cut:
         return self.keep(await scorer.arerank(query, texts), scorer.score_scale)
 
     def keep(self, ranked: Sequence[RerankResult], scale: str) -> list[RerankResult]:
-        """Apply the threshold, then ``top_n``, to a whole ranking.
-
-        ``ranked`` holds the scored results best first, then the unscored in input order, from a
-        scorer whose scores are on ``scale``.
-        """
-        kept = list(ranked)
-        threshold = self.score_threshold
-        if threshold is not None:
-            kept = [r for r in kept if r.score is None or r.score >= threshold]
-            if ranked and not kept:
-                best = max(r.score for r in ranked if r.score is not None)
-                self.log.info(
-                    "%s: none of %d candidates reached score_threshold=%g (best score %.6g, "
-                    "scores on the %r scale); returning none",
-                    self.owner,
-                    len(ranked),
-                    threshold,
-                    best,
-                    scale,
-                )
-        return kept if self.top_n is None else kept[: self.top_n]
+        """Apply the cut-offs to a whole ranking whose scores are on ``scale``."""
+        cutoffs = Cutoffs(
+            self.top_n, self.score_threshold, self.score_margin, self.cut_at_largest_gap
+        )
+        why = cutoffs.why_empty(ranked, scale)
+        if why is not None:
+            self.log.info("%s: %s; returning none", self.owner, why)
+        return cutoffs.apply(ranked)
 
 
 def describe_scorer(scorer: Reranker) -> dict[str, Any]:

@@ -65,6 +65,16 @@ class CrossEncoderReranker(ScorerRecord, BaseDocumentCompressor):
         allow_inf_nan=False,
         description="Drop documents scoring below this (on the scorer's scale); None keeps all.",
     )
+    score_margin: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Drop documents scoring more than this below the best one; None keeps all.",
+    )
+    cut_at_largest_gap: bool = Field(
+        default=False,
+        description="Keep only the documents above the largest drop between consecutive scores.",
+    )
 
     @classmethod
     def from_model(
@@ -99,7 +109,14 @@ class CrossEncoderReranker(ScorerRecord, BaseDocumentCompressor):
     # ----------------------------------------------------------------- compressing
 
     def _cut(self) -> shared.Cut:
-        return shared.Cut(self.top_n, self.score_threshold, type(self).__name__, logger)
+        return shared.Cut(
+            self.top_n,
+            self.score_threshold,
+            type(self).__name__,
+            logger,
+            self.score_margin,
+            self.cut_at_largest_gap,
+        )
 
     def compress_documents(
         self,

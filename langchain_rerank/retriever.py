@@ -68,10 +68,27 @@ class RerankRetriever(ScorerRecord, BaseRetriever):
         allow_inf_nan=False,
         description="Drop documents scoring below this (on the reranker's scale); None keeps all.",
     )
+    score_margin: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Drop documents scoring more than this below the best one; None keeps all.",
+    )
+    cut_at_largest_gap: bool = Field(
+        default=False,
+        description="Keep only the documents above the largest drop between consecutive scores.",
+    )
 
     def _cut(self, k: int | None) -> shared.Cut:
         top_n = self.k if k is None else check_positive_int("k", k)
-        return shared.Cut(top_n, self.score_threshold, type(self).__name__, logger)
+        return shared.Cut(
+            top_n,
+            self.score_threshold,
+            type(self).__name__,
+            logger,
+            self.score_margin,
+            self.cut_at_largest_gap,
+        )
 
     def _get_relevant_documents(
         self,

@@ -71,6 +71,16 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         allow_inf_nan=False,
         description="Drop nodes scoring below this (on the scorer's scale); None keeps all.",
     )
+    score_margin: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Drop nodes scoring more than this below the best one; None keeps all.",
+    )
+    cut_at_largest_gap: bool = Field(
+        default=False,
+        description="Keep only the nodes above the largest drop between consecutive scores.",
+    )
     keep_retrieval_score: bool = Field(
         default=False,
         description="Keep the first-stage score in metadata['retrieval_score'].",
@@ -118,7 +128,14 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         return cls(scorer=scorer, **fields)
 
     def _cut(self) -> shared.Cut:
-        return shared.Cut(self.top_n, self.score_threshold, type(self).__name__, logger)
+        return shared.Cut(
+            self.top_n,
+            self.score_threshold,
+            type(self).__name__,
+            logger,
+            self.score_margin,
+            self.cut_at_largest_gap,
+        )
 
     def _to_nodes(
         self, nodes: list[NodeWithScore], results: list[RerankResult]

@@ -233,3 +233,35 @@ async def test_a_failing_batch_cancels_the_rest_of_the_call() -> None:
     r = FailsFirst(batch_size=1, max_concurrency=4)
     with pytest.raises(RuntimeError, match="backend down"):
         await asyncio.wait_for(r.ascore(QUERY, DOCS), timeout=5)
+
+
+def test_margin_keeps_the_near_ties_of_the_best() -> None:
+    scores = {"a": 0.9, "b": 0.85, "c": 0.5, "d": 0.3}
+
+    class Table(WordOverlap):
+        def _score_pairs(self, pairs: Sequence[Pair]) -> list[float]:
+            return [scores[d] for _, d in pairs]
+
+    r = Table()
+    got = r.rerank("q", list(scores), score_margin=0.1)
+    assert [x.document for x in got] == ["a", "b"]
+    # the largest drop is between b (0.85) and c (0.5)
+    assert [x.document for x in r.rerank("q", list(scores), cut_at_largest_gap=True)] == ["a", "b"]
+    # threshold first, then margin, then top_n
+    got = r.rerank("q", list(scores), score_threshold=0.3, score_margin=0.5, top_n=2)
+    assert [x.document for x in got] == ["a", "b"]
+    assert [x.document for x in r.rerank("q", ["c", "d"], score_margin=0.0)] == ["c"]
+    with pytest.raises(ValueError, match="score_margin"):
+        r.rerank("q", ["c"], score_margin=-1)
+    with pytest.raises(ValueError, match="cut_at_largest_gap"):
+        r.rerank("q", ["c"], cut_at_largest_gap="yes")  # type: ignore[arg-type]
+
+
+def test_relative_cutoffs_leave_unscored_candidates_alone() -> None:
+    from rerank_core.base import Cutoffs
+
+    ranked = [RerankResult(1, 0.9, "b"), RerankResult(0, 0.2, "a"), RerankResult(2, None, "c")]
+    assert [r.index for r in Cutoffs(cut_at_largest_gap=True).apply(ranked)] == [1, 2]
+    assert [r.index for r in Cutoffs(score_margin=0.1, top_n=1).apply(ranked)] == [1]
+    assert Cutoffs(score_threshold=0.95).why_empty(ranked[:2], "probability") is not None
+    assert Cutoffs(score_threshold=0.5).why_empty(ranked, "probability") is None
