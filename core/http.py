@@ -794,7 +794,7 @@ class HTTPReranker(Reranker):
         """One request with its retries, all before the call's deadline."""
         query, documents = self._split(pairs)
         body = self._body(query, documents)
-        client = self._async_client()
+        client = await self._async_client()
         at = deadline.at()
         made = [0]  # requests started, for the error message
         remaining = at - time.monotonic()
@@ -1028,19 +1028,33 @@ class HTTPReranker(Reranker):
 
     # ----------------------------------------------------------------- clients
 
-    def _async_client(self) -> httpx.AsyncClient:
+    async def _async_client(self) -> httpx.AsyncClient:
+        """This event loop's pooled client, built in a worker thread the first time.
+
+        Building one loads the CA bundle (once per process) and sets up its transport: tenths
+        of a second that would otherwise stall the loop.
+        """
         loop = asyncio.get_running_loop()
         with self._lock:
             client = self._aclients.get(loop)
-            if client is None or client.is_closed:
-                client = httpx.AsyncClient(
-                    timeout=httpx.Timeout(self.timeout),
-                    headers={"User-Agent": _USER_AGENT},
-                    auth=None if self._api_key is None else _BearerAuth(self._api_key),
-                    verify=_shared_ssl_context(),
-                )
-                self._aclients[loop] = client
+        if client is not None and not client.is_closed:
             return client
+        built = await asyncio.to_thread(self._new_client)
+        with self._lock:
+            client = self._aclients.get(loop)
+            if client is None or client.is_closed:
+                self._aclients[loop] = client = built
+        if client is not built:  # another task of this loop was first
+            await built.aclose()
+        return client
+
+    def _new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(self.timeout),
+            headers={"User-Agent": _USER_AGENT},
+            auth=None if self._api_key is None else _BearerAuth(self._api_key),
+            verify=_shared_ssl_context(),
+        )
 
     def _pop_sync_client(self) -> tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None:
         loop = _RUNNER.started()
