@@ -51,12 +51,19 @@ def _onnx_int8(model: str | None, **kwargs: Any) -> Reranker:
     return OnnxCrossEncoderScorer(model, **kwargs)
 
 
+def _causal_lm(model: str | None, **kwargs: Any) -> Reranker:
+    from rerank_core.causal_lm import CausalLMReranker
+
+    return CausalLMReranker(model or "", **kwargs)
+
+
 #: Backend name -> constructor taking ``(model_name_or_path, **kwargs)``.
 BACKENDS: dict[str, Callable[..., Reranker]] = {
     "torch": _torch,
     "torch-bf16": _torch_bf16,
     "onnx": _onnx,
     "onnx-int8": _onnx_int8,
+    "causal-lm": _causal_lm,
 }
 
 
