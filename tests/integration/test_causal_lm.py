@@ -584,7 +584,12 @@ def _to_seq_cls(src: Path, dest: Path, rows: str) -> Path:
     ],
 )
 def test_seq_cls_exports_score_like_the_causal_model(
-    folders: dict[str, Path], tmp_path: Path, case: str, name: str, rows: str
+    folders: dict[str, Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    case: str,
+    name: str,
+    rows: str,
 ) -> None:
     from rerank_core import CrossEncoderScorer
 
@@ -597,10 +602,24 @@ def test_seq_cls_exports_score_like_the_causal_model(
     assert seq.score_pairs(PAIRS) == pytest.approx(probs, abs=TOL)
     raw = CausalLMReranker(export, device="cpu", normalize=False)
     assert raw.score_pairs(PAIRS) == pytest.approx(logits, abs=TOL)
-    # The plain cross-encoder path reads the same export without the template: wrong scores.
-    plain = CrossEncoderScorer(str(export), device="cpu", max_length=256)
+    # The plain cross-encoder path reads the same export without the template: wrong scores,
+    # so it warns by name.
+    with caplog.at_level("WARNING", logger="rerank_core.cross_encoder"):
+        plain = CrossEncoderScorer(str(export), device="cpu", max_length=256)
+    assert "backend='causal-lm'" in caplog.text
     wrong = plain.score_pairs(PAIRS)
     assert max(abs(a - b) for a, b in zip(wrong, probs, strict=True)) > 0.01
+
+
+def test_cross_encoder_scorer_points_a_causal_lm_reranker_to_its_backend(
+    folders: dict[str, Path], tmp_path: Path
+) -> None:
+    from rerank_core import CrossEncoderScorer
+
+    named = tmp_path / "mxbai-rerank-base-v2"
+    shutil.copytree(folders["mxbai-rerank-v2"], named)
+    with pytest.raises(ValueError, match=r"mxbai-rerank-v2 LLM reranker.*backend='causal-lm'"):
+        CrossEncoderScorer(str(named), device="cpu")
 
 
 # --------------------------------------------------------------------------- the contract
@@ -683,3 +702,7 @@ def test_identity_names_every_score_setting(qwen3: CausalLMReranker) -> None:
     assert ident["scale"] == "probability" and ident["head"] == "causal-lm"
     assert not math.isnan(qwen3.score(QUERY, ["x"])[0])
     assert "qwen3-reranker" in repr(qwen3)
+    import rerank_core
+
+    assert rerank_core.CausalLMReranker is CausalLMReranker
+    assert rerank_core.PromptTemplate is PromptTemplate
