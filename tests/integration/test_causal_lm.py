@@ -706,3 +706,29 @@ def test_identity_names_every_score_setting(qwen3: CausalLMReranker) -> None:
 
     assert rerank_core.CausalLMReranker is CausalLMReranker
     assert rerank_core.PromptTemplate is PromptTemplate
+
+
+def test_served_scores_equal_the_library(qwen3: CausalLMReranker) -> None:
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    httpx = pytest.importorskip("httpx")
+    cohere = pytest.importorskip("cohere")
+    from rerank_core.app.server import ServerSettings, create_app
+    from tests.integration.live_server import running
+
+    expected = qwen3.score(QUERY, DOCS)
+    order = sorted(range(len(DOCS)), key=lambda i: -expected[i])
+    app = create_app(qwen3, settings=ServerSettings(model_name="tiny-qwen3-reranker"))
+    with running(app) as (url, _):
+        reply = httpx.post(f"{url}/v1/rerank", json={"query": QUERY, "documents": DOCS}, timeout=60)
+        assert reply.status_code == 200, reply.text
+        results = reply.json()["results"]
+        assert [r["index"] for r in results] == order
+        assert [r["relevance_score"] for r in results] == pytest.approx(
+            [expected[i] for i in order], abs=1e-6
+        )
+        co = cohere.Client(api_key="unused", base_url=url, timeout=60)
+        res = co.rerank(query=QUERY, documents=DOCS, top_n=3, model="tiny-qwen3-reranker")
+        assert [r.index for r in res.results] == order[:3]
+        for r in res.results:
+            assert r.relevance_score == pytest.approx(expected[r.index], abs=1e-6)
