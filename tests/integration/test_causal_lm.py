@@ -732,3 +732,29 @@ def test_served_scores_equal_the_library(qwen3: CausalLMReranker) -> None:
         assert [r.index for r in res.results] == order[:3]
         for r in res.results:
             assert r.relevance_score == pytest.approx(expected[r.index], abs=1e-6)
+
+
+def test_one_scorer_shared_by_threads(qwen3: CausalLMReranker) -> None:
+    import threading
+
+    expected = qwen3.score_pairs(PAIRS)
+    told = qwen3.with_instruction("Find the passage")
+    results: list[list[float]] = []
+    errors: list[BaseException] = []
+
+    def work(scorer: CausalLMReranker) -> None:
+        try:
+            results.append(scorer.score_pairs(PAIRS))
+        except BaseException as exc:  # collected and asserted on below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in [qwen3, told] * 3]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(results) == 6
+    other = told.score_pairs(PAIRS)
+    plain = sum(r == pytest.approx(expected, abs=1e-6) for r in results)
+    instructed = sum(r == pytest.approx(other, abs=1e-6) for r in results)
+    assert (plain, instructed) == (3, 3)
