@@ -11,6 +11,7 @@ from rerank_core.base import Pair, Reranker, RerankerError, RerankResult, Scorin
 
 if TYPE_CHECKING:
     from rerank_core.cache import CachedReranker, CacheInfo, ScoreCache
+    from rerank_core.causal_lm import CausalLMReranker, PromptTemplate
     from rerank_core.cross_encoder import CrossEncoderScorer, default_model_path
     from rerank_core.http import HTTPReranker
     from rerank_core.onnx_backend import OnnxCrossEncoderScorer
@@ -20,10 +21,12 @@ __all__ = [
     "BACKENDS",
     "CacheInfo",
     "CachedReranker",
+    "CausalLMReranker",
     "CrossEncoderScorer",
     "HTTPReranker",
     "OnnxCrossEncoderScorer",
     "Pair",
+    "PromptTemplate",
     "RerankResult",
     "Reranker",
     "RerankerError",
@@ -37,6 +40,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "CrossEncoderScorer": "rerank_core.cross_encoder",
+    "CausalLMReranker": "rerank_core.causal_lm",
+    "PromptTemplate": "rerank_core.causal_lm",
     "default_model_path": "rerank_core.cross_encoder",
     "HTTPReranker": "rerank_core.http",
     "OnnxCrossEncoderScorer": "rerank_core.onnx_backend",

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rerank_core.causal_lm import detect_family
 from rerank_core.encoding import TokenizedReranker
 from rerank_core.readability import DEFAULT_UNREADABLE_LIMIT
 
@@ -234,6 +235,17 @@ class CrossEncoderScorer(TokenizedReranker):
             source, dtype=self.dtype, output_loading_info=True, **hub_kwargs, **(model_kwargs or {})
         )
         untrained = [k for k in info.get("missing_keys", ()) if "classifier" in k or "score" in k]
+        llm_family = detect_family(source)
+        if llm_family is not None:
+            # These models read a prompt template that plain (query, passage) pairs lack.
+            hint = (
+                f"{source} is a {llm_family} LLM reranker: it needs its prompt template, which "
+                "CrossEncoderScorer does not apply; load it with backend='causal-lm' "
+                "(rerank_core.causal_lm.CausalLMReranker)"
+            )
+            if untrained:
+                raise ValueError(hint)
+            logger.warning("%s, or its scores are wrong", hint)
         if untrained:
             raise ValueError(
                 f"{source} has no trained classification head (missing {sorted(untrained)[:3]}): "

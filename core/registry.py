@@ -11,21 +11,28 @@ backend         what runs
 ``torch-bf16``  the same under bf16 autocast: several times faster on CPUs with AMX/AVX512-BF16
 ``onnx``        :class:`~rerank_core.OnnxCrossEncoderScorer`, fp32 with fused kernels
 ``onnx-int8``   the same, dynamically quantised to int8 (fastest on CPU)
+``causal-lm``   :class:`~rerank_core.CausalLMReranker`: LLM rerankers that answer yes or no
+                (Qwen3-Reranker, bge-reranker-v2-gemma, mxbai-rerank-v2) with their templates
 ``http``        :class:`~rerank_core.HTTPReranker`: a hosted or self-hosted rerank API
                 (``provider=`` one of :data:`~rerank_core.http.PROVIDERS`)
 ==============  =================================================================================
+
+``backend="auto"`` (the default) picks ``causal-lm`` for a model whose name or local config
+identifies an LLM reranker family, and ``torch`` for everything else.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rerank_core.base import Reranker
 
-__all__ = ["BACKENDS", "Backend", "backend_names", "load_reranker"]
+__all__ = ["BACKENDS", "Backend", "backend_names", "detect_backend", "load_reranker"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +92,14 @@ def _onnx_int8(model: str | None, **options: Any) -> Reranker:
     return _onnx(model, **options)
 
 
+def _causal_lm(model: str | None, **options: Any) -> Reranker:
+    from rerank_core.causal_lm import CausalLMReranker
+
+    if not model:
+        raise ValueError("backend='causal-lm' needs a model: a Hugging Face id or a local folder")
+    return CausalLMReranker(model, **options)
+
+
 def _http(model: str | None, **options: Any) -> Reranker:
     from rerank_core.http import HTTPReranker
 
@@ -119,6 +134,11 @@ BACKENDS: dict[str, Backend] = {
             precision="int8",
         ),
         Backend(
+            "causal-lm",
+            _causal_lm,
+            "LLM rerankers scored by their yes/no answer (Qwen3-Reranker, bge-gemma, mxbai-v2)",
+        ),
+        Backend(
             "http",
             _http,
             "a rerank API: provider= cohere, jina, siliconflow, tei, infinity or generic",
@@ -127,6 +147,31 @@ BACKENDS: dict[str, Backend] = {
         ),
     )
 }
+
+
+def detect_backend(model: str | os.PathLike[str] | None) -> str:
+    """The backend ``backend="auto"`` picks for ``model``: ``causal-lm`` or ``torch``.
+
+    ``causal-lm`` when the name identifies an LLM reranker family (``Qwen/Qwen3-Reranker-0.6B``,
+    ``BAAI/bge-reranker-v2-gemma``, ``mixedbread-ai/mxbai-rerank-base-v2``) or a local folder's
+    ``config.json`` has one of their architectures (a sequence-classification export of them
+    too: it needs their prompt template); ``torch`` otherwise.
+    """
+    if not model:
+        return "torch"
+    from rerank_core.causal_lm import _MODEL_TYPES, detect_family
+
+    if detect_family(model):
+        return "causal-lm"
+    config = Path(os.fspath(model)) / "config.json"
+    if config.is_file():
+        try:
+            model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError):
+            return "torch"
+        if model_type in _MODEL_TYPES:
+            return "causal-lm"
+    return "torch"
 
 
 def backend_names(*, local: bool | None = None) -> list[str]:
@@ -142,7 +187,7 @@ def backend_names(*, local: bool | None = None) -> list[str]:
 def load_reranker(
     model: str | os.PathLike[str] | None = None,
     *,
-    backend: str = "torch",
+    backend: str = "auto",
     cache_entries: int | None = None,
     **options: Any,
 ) -> Reranker:
@@ -151,8 +196,9 @@ def load_reranker(
     Args:
         model: Local backends: Hugging Face id or local folder; ``None`` uses the bundled
             reranker. ``http``: the remote model name (``None``: the provider's default).
-        backend: One of :data:`BACKENDS`: ``"torch"``, ``"torch-bf16"``, ``"onnx"``,
-            ``"onnx-int8"``, ``"http"``.
+        backend: One of :data:`BACKENDS` (``"torch"``, ``"torch-bf16"``, ``"onnx"``,
+            ``"onnx-int8"``, ``"causal-lm"``, ``"http"``), or ``"auto"``: see
+            :func:`detect_backend`.
         cache_entries: Wrap the reranker in a :class:`~rerank_core.CachedReranker` holding at
             most this many scores; ``None`` (default) caches nothing.
         **options: Passed to the backend's class. Local backends share ``device``,
@@ -175,10 +221,12 @@ def load_reranker(
         ...     backend="http", provider="generic", base_url="http://127.0.0.1:8000"
         ... )  # doctest: +SKIP
     """
+    name = os.fspath(model) if model else None
+    if backend == "auto":
+        backend = detect_backend(name)
     spec = BACKENDS.get(backend) if isinstance(backend, str) else None
     if spec is None:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {backend_names()}")
-    name = os.fspath(model) if model else None
+        raise ValueError(f"unknown backend {backend!r}; choose one of {backend_names()} or auto")
     reranker = spec(name, **options)
     if cache_entries is not None:
         from rerank_core.cache import CachedReranker

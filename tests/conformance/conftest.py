@@ -17,8 +17,17 @@ import pytest
 from rerank_core import Reranker, load_reranker
 from rerank_core.registry import backend_names
 
+
+def _causal_lm(request: pytest.FixtureRequest) -> Reranker:
+    from tests.llm_models import build_qwen3_reranker
+
+    folder = build_qwen3_reranker(request.getfixturevalue("tmp_path_factory").mktemp("qwen3"))
+    # backend="auto" must recognise the folder's architecture as an LLM reranker
+    return load_reranker(folder, device="cpu")
+
+
 #: Backends whose model is not the tiny cross-encoder: name -> builder(request) -> Reranker.
-SPECIAL: dict[str, Callable[[pytest.FixtureRequest], Reranker]] = {}
+SPECIAL: dict[str, Callable[[pytest.FixtureRequest], Reranker]] = {"causal-lm": _causal_lm}
 
 KINDS = [*backend_names(), "cached"]
 

@@ -30,9 +30,11 @@ class CountingTokenizer:
         self.inner = inner
         self.pairs_encoded = 0
 
-    def __call__(self, queries: list[str], docs: list[str], **kwargs: object) -> object:
-        self.pairs_encoded += len(queries)
-        return self.inner(queries, docs, **kwargs)  # type: ignore[operator]
+    def __call__(self, texts: list[str], docs: list[str] | None = None, **kwargs: object) -> object:
+        if docs is None:  # single texts (the readability check's distinct queries)
+            return self.inner(texts, **kwargs)  # type: ignore[operator]
+        self.pairs_encoded += len(texts)
+        return self.inner(texts, docs, **kwargs)  # type: ignore[operator]
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
