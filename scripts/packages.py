@@ -25,4 +25,4 @@ def package_dirs(*, typed: bool = False) -> list[str]:
 
 
 if __name__ == "__main__":
-    print(" ".join(package_dirs(typed="--typed" in sys.argv[1:])))  # noqa: T201
+    print(" ".join(package_dirs(typed="--typed" in sys.argv[1:])))
