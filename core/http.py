@@ -31,7 +31,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rerank_core import __version__
-from rerank_core.base import Batch, Pair, Reranker, RerankerError, ScoringError, _batch_of
+from rerank_core.base import (
+    SCORE_SCALES,
+    Batch,
+    Pair,
+    Reranker,
+    RerankerError,
+    ScoringError,
+    _batch_of,
+)
 from rerank_core.validation import check_positive_int
 
 try:
@@ -492,6 +500,12 @@ class HTTPReranker(Reranker):
         truncation_direction: TEI: ``"Left"`` or ``"Right"``.
         extra_body: Further request fields, sent as given (they may not replace the query,
             documents, model or top_n fields).
+        score_scale: What the service's scores are, one of
+            :data:`~rerank_core.base.SCORE_SCALES`, for a server the preset cannot know
+            (``generic``: a ``rag-rerank serve`` returns ``"probability"``, or ``"logit"``
+            when started with ``--raw-scores``). Default: the preset's scale, ``"logit"`` with
+            ``raw_scores=True``. A server never gets a second sigmoid: the scale travels
+            with the scores.
         rerank_window: See :class:`~rerank_core.Reranker`.
         should_rerank: See :class:`~rerank_core.Reranker`.
 
@@ -529,6 +543,7 @@ class HTTPReranker(Reranker):
         raw_scores: bool | None = None,
         truncation_direction: str | None = None,
         extra_body: Mapping[str, Any] | None = None,
+        score_scale: str | None = None,
         rerank_window: int | None = None,
         should_rerank: Callable[[str], bool] | None = None,
     ) -> None:
@@ -621,6 +636,9 @@ class HTTPReranker(Reranker):
         if clash:
             raise ValueError(f"extra_body may not set {clash}; they are filled in per request")
         self.extra_body = extra
+        if score_scale is not None and score_scale not in SCORE_SCALES:
+            raise ValueError(f"score_scale must be one of {SCORE_SCALES}, got {score_scale!r}")
+        self._score_scale = score_scale
 
         self._init_clients()
 
@@ -1100,7 +1118,9 @@ class HTTPReranker(Reranker):
 
     @property
     def score_scale(self) -> str:
-        """The preset's scale; ``"logit"`` when ``raw_scores=True`` asks for raw logits."""
+        """The given scale, else the preset's (``"logit"`` when ``raw_scores=True``)."""
+        if self._score_scale is not None:
+            return self._score_scale
         return "logit" if self.options.get("raw_scores") else self.spec.scale
 
     def identity(self) -> dict[str, Any]:

@@ -50,7 +50,9 @@ def build(kind: str, request: pytest.FixtureRequest, **options: Any) -> Reranker
         return SPECIAL[kind](request)
     if kind == "http":
         url = request.getfixturevalue("live_server_url")
-        return load_reranker(backend="http", provider="generic", base_url=url, **options)
+        return load_reranker(
+            backend="http", provider="generic", base_url=url, score_scale="probability", **options
+        )
     model = request.getfixturevalue("tiny_model_dir")
     if kind == "cached":
         return load_reranker(model, backend="torch", device="cpu", cache_entries=1000, **options)

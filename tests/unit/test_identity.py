@@ -116,3 +116,14 @@ def test_the_cache_wrapper_keeps_the_inner_identity(tiny_model_dir: Path) -> Non
     assert isinstance(cached, CachedReranker)
     assert cached.score_id == inner.score_id
     assert cached.score_scale == inner.score_scale == "probability"
+
+
+def test_a_generic_server_states_its_scale() -> None:
+    url = "http://127.0.0.1:9"
+    assert HTTPReranker("generic", base_url=url).score_scale == "unknown"
+    probability = HTTPReranker("generic", base_url=url, score_scale="probability")
+    logit = HTTPReranker("generic", base_url=url, score_scale="logit")
+    assert (probability.score_scale, logit.score_scale) == ("probability", "logit")
+    assert probability.score_id != logit.score_id
+    with pytest.raises(ValueError, match="score_scale"):
+        HTTPReranker("generic", base_url=url, score_scale="percent")
