@@ -357,6 +357,13 @@ def _query_schema(schema: dict[str, Any]) -> None:
     schema["pattern"] = _visible_pattern()
 
 
+def _integral(value: Any) -> Any:
+    # JSON has one number type: 5.0 is the integer 5 (JSON Schema agrees), true is not.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _check_query(value: Any) -> Any:
     if isinstance(value, str):
         check_text("query", value, allow_blank=False)
@@ -438,6 +445,7 @@ class RerankRequestV1(BaseModel):
     )
 
     _query = field_validator("query", mode="before")(_check_query)
+    _ints = field_validator("top_n", "max_chunks_per_doc", mode="before")(_integral)
 
     @field_validator("documents", mode="before")
     @classmethod
@@ -460,6 +468,7 @@ class RerankRequestV2(BaseModel):
     )
 
     _query = field_validator("query", mode="before")(_check_query)
+    _ints = field_validator("top_n", "max_tokens_per_doc", mode="before")(_integral)
 
     @field_validator("documents", mode="before")
     @classmethod
@@ -666,6 +675,7 @@ class _TokenTruncator:
 
     def __call__(self, texts: list[str], limit: int) -> list[str]:
         tok = self.tokenizer
+        limit = min(limit, 1 << 30)  # no body holds more tokens; larger overflows the tokenizer
         kwargs: dict[str, Any] = {"add_special_tokens": False}
         if getattr(tok, "truncation_side", "right") == "right":
             kwargs.update(truncation=True, max_length=limit + 1)  # +1: tell "exactly N" from "more"
