@@ -1046,6 +1046,7 @@ class _Control:
     settings: ServerSettings
     batcher: _Batcher
     inflight: _InFlight
+    model_name: str
 
     async def drain(self, timeout_s: float | None, stop: Callable[[], bool]) -> None:
         """Refuse new work (health 503) and wait for in-flight requests, up to ``timeout_s``."""
@@ -1130,7 +1131,7 @@ def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) ->
     )
     app.router.route_class = _JSONRoute
     app.add_middleware(_Guard, settings=settings, metrics=metrics, inflight=inflight)
-    app.state.rerank_control = _Control(settings, batcher, inflight)
+    app.state.rerank_control = _Control(settings, batcher, inflight, model_name)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_fields(_: Request, exc: RequestValidationError) -> JSONResponse:
