@@ -290,3 +290,18 @@ def test_openapi_with_an_api_key_declares_bearer_auth(tiny_scorer):
         assert op["security"] == [{"bearerAuth": []}]
         assert "401" in op["responses"]
     assert "security" not in spec["paths"]["/health"]["get"]
+
+
+def test_integral_numbers_are_integers_and_booleans_are_not(client):
+    ok = client.post("/v1/rerank", json={"query": "q", "documents": ["a", "b"], "top_n": 1.0})
+    assert ok.status_code == 200 and len(ok.json()["results"]) == 1
+    for bad in (True, 1.5):
+        r = client.post("/v1/rerank", json={"query": "q", "documents": ["a"], "top_n": bad})
+        assert "top_n" in _documented_error(r, 400)["message"]
+
+
+def test_tei_truncation_direction(client):
+    body = {"query": "q", "texts": ["a"], "truncation_direction": "Right"}
+    assert client.post("/rerank", json=body).status_code == 200
+    left = client.post("/rerank", json={**body, "truncation_direction": "Left"})
+    assert "truncation_direction" in _documented_error(left, 400)["message"]
