@@ -9,6 +9,7 @@ checks, length-sorted batching, restoring input order, finiteness checks, sortin
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import math
@@ -18,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from rerank_core.validation import check_positive_int, check_text, check_texts
+from rerank_core.validation import check_number, check_positive_int, check_text, check_texts
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ Pair = tuple[str, str]
 __all__ = [
     "SCORE_SCALES",
     "Batch",
+    "Cutoffs",
     "Pair",
     "RerankResult",
     "Reranker",
@@ -88,6 +90,65 @@ def _check_threshold(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ValueError(f"score_threshold must be a number or None, got {value!r}")
     return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Cutoffs:
+    """What a ranking keeps, applied in this order: absolute threshold, margin, gap, ``top_n``.
+
+    Score cut-offs apply to scored results only; results the policy left unscored (outside the
+    rerank window, or skipped by the gate) are exempt from them and follow in input order.
+    ``top_n`` applies to everything.
+
+    Attributes:
+        top_n: Keep at most this many results; ``None`` keeps all.
+        score_threshold: Drop scored results below this absolute score.
+        score_margin: Drop scored results more than this below the best score of the query (a
+            relative cut: it keeps the near-ties of the best, whatever the scale's offset).
+        cut_at_largest_gap: Keep the scored results above the largest drop between consecutive
+            scores (the "elbow" of the ranking); with fewer than two it keeps them.
+
+    Example:
+        >>> ranked = scorer.rerank(query, docs)  # doctest: +SKIP
+        >>> Cutoffs(top_n=5, score_margin=0.2).apply(ranked)  # doctest: +SKIP
+    """
+
+    top_n: int | None = None
+    score_threshold: float | None = None
+    score_margin: float | None = None
+    cut_at_largest_gap: bool = False
+
+    def __post_init__(self) -> None:
+        check_positive_int("top_n", self.top_n)
+        _check_threshold(self.score_threshold)
+        check_number("score_margin", self.score_margin, minimum=0.0)
+        if not isinstance(self.cut_at_largest_gap, bool):
+            raise ValueError(f"cut_at_largest_gap must be a bool, got {self.cut_at_largest_gap!r}")
+
+    def apply(self, ranked: Sequence[RerankResult]) -> list[RerankResult]:
+        """Keep what these cut-offs keep of ``ranked`` (scored best first, then unscored)."""
+        scored = [(r, r.score) for r in ranked if r.score is not None]
+        rest = [r for r in ranked if r.score is None]
+        if self.score_threshold is not None:
+            scored = [(r, s) for r, s in scored if s >= self.score_threshold]
+        if self.score_margin is not None and scored:
+            floor = scored[0][1] - self.score_margin
+            scored = [(r, s) for r, s in scored if s >= floor]
+        if self.cut_at_largest_gap and len(scored) > 1:
+            drops = [a[1] - b[1] for a, b in itertools.pairwise(scored)]
+            scored = scored[: drops.index(max(drops)) + 1]
+        kept = [r for r, _ in scored] + rest
+        return kept if self.top_n is None else kept[: self.top_n]
+
+    def why_empty(self, ranked: Sequence[RerankResult], scale: str) -> str | None:
+        """Why :meth:`apply` kept nothing of a non-empty ``ranked``; ``None`` if it kept some."""
+        if not ranked or self.apply(ranked):
+            return None
+        best = max((r.score for r in ranked if r.score is not None), default=None)
+        return (
+            f"none of {len(ranked)} candidates reached score_threshold={self.score_threshold:g} "
+            f"(best score {best:.6g}, scores on the {scale!r} scale)"
+        )
 
 
 def _batch_of(pairs: Sequence[Pair], indices: Sequence[int], payload: Any = None) -> Batch:
@@ -282,28 +343,35 @@ class Reranker(ABC):
         *,
         top_n: int | None = None,
         score_threshold: float | None = None,
+        score_margin: float | None = None,
+        cut_at_largest_gap: bool = False,
     ) -> list[RerankResult]:
         """Score and order ``documents`` for ``query``.
 
-        Results are sorted by score, highest first (ties keep input order). The threshold is
-        applied first (scores strictly below it are dropped), then ``top_n``. Candidates the
-        policy left unscored (outside ``rerank_window``, or all of them when ``should_rerank``
-        says no) follow the scored ones in their original order with ``score=None``; the
-        threshold does not apply to them, ``top_n`` does.
+        Results are sorted by score, highest first (ties keep input order). The cut-offs then
+        apply in this order (see :class:`Cutoffs`): the absolute threshold (scores strictly
+        below it are dropped), the margin below the best score, the largest gap, then
+        ``top_n``. Candidates the policy left unscored (outside ``rerank_window``, or all of
+        them when ``should_rerank`` says no) follow the scored ones in their original order with
+        ``score=None``; score cut-offs do not apply to them, ``top_n`` does. When nothing passes,
+        the result is empty.
 
         Args:
             query: The user question.
             documents: Candidate texts, normally the first stage's ranking.
             top_n: Keep at most this many results; ``None`` keeps all.
             score_threshold: Drop scored results below this value; ``None`` keeps all.
+            score_margin: Drop scored results more than this below the best score.
+            cut_at_largest_gap: Keep only the scored results above the largest score drop.
 
         Returns:
             New :class:`RerankResult` objects; ``documents`` is not modified.
         """
-        plan = self._plan(query, documents, top_n, score_threshold)
+        cutoffs = Cutoffs(top_n, score_threshold, score_margin, cut_at_largest_gap)
+        plan = self._plan(query, documents)
         head = [(plan.query, d) for d in plan.documents[: plan.scored]]
         scores = self.score_pairs(head) if head else []
-        return self._assemble(plan, scores, top_n, score_threshold)
+        return cutoffs.apply(self._assemble(plan, scores))
 
     async def arerank(
         self,
@@ -312,26 +380,21 @@ class Reranker(ABC):
         *,
         top_n: int | None = None,
         score_threshold: float | None = None,
+        score_margin: float | None = None,
+        cut_at_largest_gap: bool = False,
     ) -> list[RerankResult]:
         """Async twin of :meth:`rerank`; never blocks the event loop."""
-        plan = self._plan(query, documents, top_n, score_threshold)
+        cutoffs = Cutoffs(top_n, score_threshold, score_margin, cut_at_largest_gap)
+        plan = self._plan(query, documents)
         head = [(plan.query, d) for d in plan.documents[: plan.scored]]
         scores = await self.ascore_pairs(head) if head else []
-        return self._assemble(plan, scores, top_n, score_threshold)
+        return cutoffs.apply(self._assemble(plan, scores))
 
     # ----------------------------------------------------------------- internals
 
-    def _plan(
-        self,
-        query: str,
-        documents: Sequence[str],
-        top_n: int | None,
-        score_threshold: float | None,
-    ) -> _Plan:
+    def _plan(self, query: str, documents: Sequence[str]) -> _Plan:
         query = _check_query(query)
         docs = _check_documents(documents)
-        check_positive_int("top_n", top_n)
-        _check_threshold(score_threshold)
         if not docs:
             return _Plan(query, docs, 0)
         if self.should_rerank is not None and not self.should_rerank(query):
@@ -341,20 +404,12 @@ class Reranker(ABC):
         return _Plan(query, docs, window)
 
     @staticmethod
-    def _assemble(
-        plan: _Plan,
-        scores: Sequence[float],
-        top_n: int | None,
-        score_threshold: float | None,
-    ) -> list[RerankResult]:
+    def _assemble(plan: _Plan, scores: Sequence[float]) -> list[RerankResult]:
+        """The whole ranking: scored results best first (stable), then the unscored."""
         docs = plan.documents
         scored = [RerankResult(i, scores[i], docs[i]) for i in range(plan.scored)]
         scored.sort(key=lambda r: -r.score)  # type: ignore[operator]  # scored results carry floats
-        if score_threshold is not None:
-            scored = [r for r in scored if r.score >= score_threshold]  # type: ignore[operator]
-        rest = [RerankResult(i, None, docs[i]) for i in range(plan.scored, len(docs))]
-        results = scored + rest
-        return results if top_n is None else results[:top_n]
+        return scored + [RerankResult(i, None, docs[i]) for i in range(plan.scored, len(docs))]
 
     @staticmethod
     def _check_pairs(pairs: Sequence[Pair]) -> list[Pair]:

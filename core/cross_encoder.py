@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rerank_core.encoding import TokenizedReranker
+from rerank_core.readability import DEFAULT_UNREADABLE_LIMIT
 
 if TYPE_CHECKING:
     import torch
@@ -156,6 +157,9 @@ class CrossEncoderScorer(TokenizedReranker):
             workload: hyper-threads add contention, not throughput.
         rerank_window: See :class:`~rerank_core.Reranker`.
         should_rerank: See :class:`~rerank_core.Reranker`.
+        unreadable_limit: Share of ``[UNK]`` tokens above which a text counts as unreadable
+            for the model; see :class:`~rerank_core.encoding.TokenizedReranker`.
+        strict_readability: Raise instead of warning on unreadable text.
         local_files_only: Never contact the hub (defaults to ``HF_HUB_OFFLINE``).
         revision: Hub revision (branch, tag or commit) to load.
         trust_remote_code: Passed to transformers, for models with custom code.
@@ -184,6 +188,8 @@ class CrossEncoderScorer(TokenizedReranker):
         max_chunks: int | None = None,
         num_threads: int | None = None,
         rerank_window: int | None = None,
+        unreadable_limit: float = DEFAULT_UNREADABLE_LIMIT,
+        strict_readability: bool = False,
         should_rerank: Any = None,
         local_files_only: bool | None = None,
         revision: str | None = None,
@@ -199,6 +205,8 @@ class CrossEncoderScorer(TokenizedReranker):
             max_chunks=max_chunks,
             rerank_window=rerank_window,
             should_rerank=should_rerank,
+            unreadable_limit=unreadable_limit,
+            strict_readability=strict_readability,
         )
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer

@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 
 from rerank_core.base import Batch, Pair, Reranker, _batch_of
-from rerank_core.validation import check_non_negative_int, check_positive_int
+from rerank_core.readability import (
+    DEFAULT_UNREADABLE_LIMIT,
+    ReadabilityReport,
+    UnreadableTextError,
+    unknown_shares,
+)
+from rerank_core.validation import check_non_negative_int, check_number, check_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +79,11 @@ class TokenizedReranker(Reranker):
         max_chunks: Most windows scored per passage (the first ones); ``None`` scores all.
         rerank_window: See :class:`~rerank_core.Reranker`.
         should_rerank: See :class:`~rerank_core.Reranker`.
+        unreadable_limit: Share of unknown tokens above which a query or passage counts as
+            text the model cannot read (a warning is logged naming the model and one that
+            reads the language; see :attr:`last_readability`).
+        strict_readability: Raise :class:`~rerank_core.readability.UnreadableTextError` instead
+            of warning.
     """
 
     tokenizer: Any
@@ -90,10 +101,19 @@ class TokenizedReranker(Reranker):
         max_chunks: int | None = None,
         rerank_window: int | None = None,
         should_rerank: Callable[[str], bool] | None = None,
+        unreadable_limit: float = DEFAULT_UNREADABLE_LIMIT,
+        strict_readability: bool = False,
     ) -> None:
         super().__init__(
             batch_size=batch_size, rerank_window=rerank_window, should_rerank=should_rerank
         )
+        limit = check_number("unreadable_limit", unreadable_limit, minimum=0.0, allow_none=False)
+        if limit is None or limit > 1:
+            raise ValueError(f"unreadable_limit must be in [0, 1], got {unreadable_limit!r}")
+        self.unreadable_limit = limit
+        self.strict_readability = bool(strict_readability)
+        #: How readable the last call's text was for the model (``None`` before the first).
+        self.last_readability: ReadabilityReport | None = None
         self.max_batch_tokens = check_positive_int("max_batch_tokens", max_batch_tokens)
         self.chunking = bool(chunking)
         self.chunk_overlap = check_non_negative_int("chunk_overlap", chunk_overlap)
@@ -197,6 +217,7 @@ class TokenizedReranker(Reranker):
         """Tokenize once, sort by token length, pack batches under the token budget."""
         encoded = self._tokenize(pairs)
         self._record_stats(encoded)
+        self._check_readability(pairs, encoded)
         widths = [max(len(ids) for ids, _ in windows) for windows in encoded]
         order = sorted(range(len(pairs)), key=lambda i: -widths[i])
         plan: list[list[int]] = []
@@ -234,6 +255,45 @@ class TokenizedReranker(Reranker):
                 capped,
                 self.max_chunks,
             )
+
+    def readability(self, pairs: Sequence[Pair]) -> ReadabilityReport:
+        """Unknown-token shares of ``pairs``' queries and passages, without scoring them."""
+        checked = self._check_pairs(pairs)
+        return self._readability(checked, self._tokenize(checked))
+
+    def _readability(
+        self, pairs: Sequence[Pair], encoded: list[list[_Window]]
+    ) -> ReadabilityReport:
+        queries = list(dict.fromkeys(q for q, _ in pairs))
+        with self._tokenizer_lock:
+            query_shares = unknown_shares(self.tokenizer, queries)
+            if not self._type_ids:  # no segment ids to find the passage: read it on its own
+                passage_shares = unknown_shares(self.tokenizer, [d for _, d in pairs])
+        if self._type_ids:  # the passage is segment 1 of each window, as the model reads it
+            unk = getattr(self.tokenizer, "unk_token_id", None)
+            special = set(getattr(self.tokenizer, "all_special_ids", ())) - {unk}
+            passage_shares = []
+            for windows in encoded:
+                tokens = [
+                    i
+                    for ids, types in windows
+                    for i, t in zip(ids, types or (), strict=False)
+                    if t == 1 and i not in special
+                ]
+                share = sum(i == unk for i in tokens) / len(tokens) if tokens else 0.0
+                passage_shares.append(share if unk is not None else 0.0)
+        return ReadabilityReport(self.unreadable_limit, tuple(query_shares), tuple(passage_shares))
+
+    def _check_readability(self, pairs: Sequence[Pair], encoded: list[list[_Window]]) -> None:
+        report = self._readability(pairs, encoded)
+        self.last_readability = report
+        if report.ok:
+            return
+        texts = [q for q, _ in pairs[:1]] + [d for _, d in pairs]
+        message = report.message(self.model_name, texts)
+        if self.strict_readability:
+            raise UnreadableTextError(message)
+        logger.warning("%s", message)
 
     # ----------------------------------------------------------------- scoring
 

@@ -4,17 +4,21 @@ One class, :class:`HTTPReranker`, talks to every supported service. What differs
 (URL, request field names, response layout, limits, key variable) lives in one table,
 :data:`PROVIDERS`, so adding a service means adding a row, not a branch.
 
-Every request has a timeout. Connect errors, dropped connections, 408, 429 and 5xx are retried
-with exponential backoff and jitter (or exactly the server's ``Retry-After``); other 4xx are not.
-A response whose results do not give one finite score for each document sent raises
-:class:`RemoteResponseError` naming the provider. The API key is sent only in the
-``Authorization`` header: it is never logged and never appears in a repr or an error message.
+Every request has a deadline (``timeout=``) covering the whole exchange, its retries and the
+waits between them. Connect errors, dropped connections, 408, 429 and 5xx are retried with
+exponential backoff and jitter (or exactly the server's ``Retry-After``); other 4xx are not.
+Answers are read as a stream and capped at ``max_response_bytes``. A response whose results do
+not give one finite score for each document sent raises :class:`RemoteResponseError` naming the
+provider. The API key is sent only in the ``Authorization`` header: it is never logged, never
+appears in a repr, an error message or the object's attributes, and is never pickled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import email.utils
+import json
 import logging
 import math
 import os
@@ -22,10 +26,11 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from rerank_core import __version__
 from rerank_core.base import Batch, Pair, Reranker, RerankerError, ScoringError, _batch_of
 from rerank_core.validation import check_positive_int
 
@@ -34,8 +39,6 @@ try:
     from tenacity import (
         AsyncRetrying,
         RetryCallState,
-        Retrying,
-        retry_if_exception,
         stop_after_attempt,
         wait_exponential_jitter,
     )
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 __all__ = [
     "PROVIDERS",
@@ -58,8 +62,10 @@ __all__ = [
     "RemoteTimeoutError",
 ]
 
-_USER_AGENT = "rag-rerank/0.1.0"
-_BODY_EXCERPT = 300
+_USER_AGENT = f"rag-rerank/{__version__}"
+_BODY_EXCERPT = 300  # characters of a server's text kept in an error message
+_ERROR_BODY_BYTES = 64 * 1024  # most of an error answer read: enough for its message
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 
 
 _ssl_lock = threading.Lock()
@@ -73,6 +79,116 @@ def _shared_ssl_context() -> ssl.SSLContext:
         if _ssl_context is None:
             _ssl_context = httpx.create_ssl_context()
         return _ssl_context
+
+
+class _Secret:
+    """An API key that never shows itself: its repr is masked and it refuses to be pickled.
+
+    The plain value is read only where a request header is built, so ``vars()`` of the reranker,
+    error reporters that capture locals, and debuggers see ``_Secret('***')``.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "_Secret('***')"
+
+    __str__ = __repr__
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("an API key is never pickled")
+
+    def __copy__(self) -> _Secret:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Secret:
+        return self
+
+
+class _BearerAuth(httpx.Auth):
+    """Adds ``Authorization: Bearer`` to each request, so no client holds the plain key."""
+
+    def __init__(self, secret: _Secret) -> None:
+        self._secret = secret
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self._secret.reveal()}"
+        yield request
+
+
+class _LoopThread:
+    """One event loop in a daemon thread, on which the sync path's requests run.
+
+    A blocking httpx request cannot be stopped from outside: its timeouts apply to each socket
+    operation, so a server that sends one byte at a time keeps it alive for ever. A request on an
+    event loop can be cancelled at any point, so running the sync path here gives both paths the
+    same wall-clock deadline with public APIs only. Started on the first sync request; a forked
+    child starts its own.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def started(self) -> asyncio.AbstractEventLoop | None:
+        """The loop if it runs already (never starts it)."""
+        return self._loop
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(
+                    target=loop.run_forever, name="rag-rerank-http", daemon=True
+                ).start()
+                self._loop = loop
+            return self._loop
+
+    def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Run ``coro`` on the loop and wait for it; an interrupted wait cancels it."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop())
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+
+class _Deadline:
+    """The deadline of one call, shared by all its requests; it starts with the first of them.
+
+    Starting it there, not when the call begins, keeps one-time setup (loading the CA bundle,
+    building the first client) out of the time the server is given.
+    """
+
+    __slots__ = ("_at", "_lock", "seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._at: float | None = None
+        self._lock = threading.Lock()
+
+    def at(self) -> float:
+        """The deadline as a ``time.monotonic()`` value, started on the first call."""
+        with self._lock:
+            if self._at is None:
+                self._at = time.monotonic() + self.seconds
+            return self._at
+
+
+_RUNNER = _LoopThread()
+_NOT_JSON = object()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_RUNNER._reset)
 
 
 # --------------------------------------------------------------------------- provider table
@@ -345,7 +461,19 @@ class HTTPReranker(Reranker):
             ``INFINITY_API_KEY``). Sent as a bearer token only.
         base_url: Service root, overriding the preset's (required for ``"generic"``).
         path: Endpoint path under ``base_url``, overriding the preset's.
-        timeout: Seconds allowed for each request (connect, read, write, pool).
+        timeout: Deadline in seconds for a whole call (:meth:`score`, :meth:`rerank`,
+            :meth:`score_pairs` and their async twins): from its first request to the last byte
+            of the last answer, every request it is split into, every retry and every wait
+            between retries included (one-time setup, such as loading the CA bundle on a
+            process's first call, is not counted). It is not a limit per socket operation,
+            which a server sending one byte at a time would never reach. Past it the call's
+            requests are abandoned and :class:`RemoteTimeoutError` is raised; a retry whose
+            wait would end past it is not made, and the error that called for it is raised at
+            once.
+        max_response_bytes: Largest answer accepted, in bytes after decompression (default
+            8 MiB; a full answer for 1,000 documents is well under 100 KiB). Answers are read
+            as a stream: one that declares or sends more raises :class:`RemoteResponseError`
+            as soon as that is known, without reading the rest.
         max_attempts: Requests made at most for one batch, the first included.
         backoff: First backoff in seconds; it doubles each retry, plus up to ``backoff`` of
             random jitter.
@@ -386,6 +514,7 @@ class HTTPReranker(Reranker):
         base_url: str | None = None,
         path: str | None = None,
         timeout: float = 30.0,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_attempts: int = 4,
         backoff: float = 0.5,
         max_backoff: float = 20.0,
@@ -434,6 +563,9 @@ class HTTPReranker(Reranker):
             if not math.isfinite(number) or number < 0 or (name == "timeout" and number == 0):
                 raise ValueError(f"{name} must be a finite, non-negative number, got {number!r}")
         self.timeout = float(timeout)
+        self.max_response_bytes = check_positive_int(
+            "max_response_bytes", max_response_bytes, allow_none=False
+        )
         self.max_attempts = max_attempts
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
@@ -453,7 +585,7 @@ class HTTPReranker(Reranker):
             raise ValueError(f"base_url must be an http:// or https:// URL, got {root!r}")
         self.url = root.rstrip("/") + "/" + (path or spec.path).lstrip("/")
 
-        self.__api_key = self._resolve_key(api_key)
+        self._api_key = self._resolve_key(api_key)
 
         options: dict[str, Any] = {
             "instruction": instruction,
@@ -490,40 +622,120 @@ class HTTPReranker(Reranker):
             raise ValueError(f"extra_body may not set {clash}; they are filled in per request")
         self.extra_body = extra
 
+        self._init_clients()
+
+    def _init_clients(self) -> None:
         self._lock = threading.Lock()
-        self._client: httpx.Client | None = None
-        # An AsyncClient belongs to the event loop it runs on: one per live loop.
+        # An AsyncClient belongs to the event loop it runs on: one per live loop (the sync
+        # path's requests run on the loop of ``_RUNNER``).
         self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]
         self._aclients = weakref.WeakKeyDictionary()
 
+    # ----------------------------------------------------------------- copies and pickling
+
+    _UNCOPIED = ("_lock", "_aclients", "_api_key")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the key and the connections: the key is never pickled.
+
+        An unpickled reranker reads its key again from the preset's environment variables
+        (``SILICONFLOW_API_KEY``, ...), as a new one built without ``api_key=`` would; so a
+        worker process needs that variable set. A reranker holding a key for a preset with no
+        such variable (``"tei"``, ``"generic"``) refuses to be pickled: build it in the worker.
+        ``copy.copy`` and ``copy.deepcopy`` keep the key (nothing leaves the process).
+        """
+        if self._api_key is not None and not self.spec.key_env:
+            raise TypeError(
+                f"cannot pickle an HTTPReranker for {self.provider!r} holding an API key: the key "
+                "is never pickled and this preset has no environment variable to read it from "
+                "again; build the reranker in the process that uses it"
+            )
+        state = {k: v for k, v in vars(self).items() if k not in self._UNCOPIED}
+        state["_had_key"] = self._api_key is not None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        had_key = state.pop("_had_key", False)
+        self.__dict__.update(state)
+        self._init_clients()
+        self._api_key = self._key_from_env()
+        if had_key and self._api_key is None:
+            raise ValueError(
+                f"{self.provider}: the API key is never pickled and none was found here: set "
+                + " or ".join(self.spec.key_env)
+                + " in this process"
+            )
+
+    def __copy__(self) -> HTTPReranker:
+        new = object.__new__(type(self))
+        new.__dict__.update({k: v for k, v in vars(self).items() if k not in self._UNCOPIED})
+        new._init_clients()
+        new._api_key = self._api_key
+        return new
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> HTTPReranker:
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        for k, v in vars(self).items():
+            if k not in self._UNCOPIED:
+                setattr(new, k, copy.deepcopy(v, memo))
+        new._init_clients()
+        new._api_key = self._api_key
+        return new
+
     # ----------------------------------------------------------------- configuration
 
-    def _resolve_key(self, api_key: str | None) -> str | None:
+    def _resolve_key(self, api_key: str | None) -> _Secret | None:
         spec = self.spec
         if api_key is not None:
             if not isinstance(api_key, str) or not api_key.strip():
                 raise ValueError("api_key must be a non-empty string or None")
-            return api_key.strip()
-        for var in spec.key_env:
-            value = os.environ.get(var, "").strip()
-            if value:
-                return value
-        if spec.key_required:
+            return _Secret(api_key.strip())
+        secret = self._key_from_env()
+        if secret is None and spec.key_required:
             raise ValueError(
                 f"{spec.name} needs an API key: pass api_key= or set " + " or ".join(spec.key_env)
             )
+        return secret
+
+    def _key_from_env(self) -> _Secret | None:
+        for var in self.spec.key_env:
+            value = os.environ.get(var, "").strip()
+            if value:
+                return _Secret(value)
         return None
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "User-Agent": _USER_AGENT}
-        if self.__api_key:
-            headers["Authorization"] = f"Bearer {self.__api_key}"
-        return headers
-
     def _redact(self, text: str) -> str:
-        """Remove the key from text that came from the server (some echo request headers)."""
-        if self.__api_key:
-            text = text.replace(self.__api_key, "***")
+        """Remove the key from text that came from the server (some echo request headers).
+
+        Always applied to the whole text before it is cut, so a cut never leaves part of a key.
+        """
+        if self._api_key is not None:
+            key = self._api_key.reveal()
+            # As sent, and as JSON echoes of the header may spell it (``/`` escaped or not).
+            for form in sorted(
+                {key, json.dumps(key)[1:-1], key.replace("/", "\\/")}, key=len, reverse=True
+            ):
+                text = text.replace(form, "***")
+        return text
+
+    def _excerpt(self, text: str, *, complete: bool = True) -> str:
+        """``text`` redacted, then cut to a few hundred characters for an error message.
+
+        ``complete=False`` says ``text`` is the start of something longer: a key cut by that
+        earlier boundary is dropped as well.
+        """
+        text = self._redact(text)
+        if not complete and self._api_key is not None:
+            key = self._api_key.reveal()
+            for k in range(min(len(key) - 1, len(text)), 0, -1):
+                if text.endswith(key[:k]):
+                    text = text[:-k]
+                    break
+        text = text.strip()
+        if len(text) > _BODY_EXCERPT:
+            text = text[:_BODY_EXCERPT] + "..."
         return text
 
     def _body(self, query: str, documents: list[str]) -> dict[str, Any]:
@@ -548,8 +760,9 @@ class HTTPReranker(Reranker):
         for i, (query, _) in enumerate(pairs):
             by_query.setdefault(query, []).append(i)
         size = self.batch_size
+        deadline = _Deadline(self.timeout)  # one for the whole call: see ``timeout``
         return [
-            _batch_of(pairs, indices[start : start + size])
+            _batch_of(pairs, indices[start : start + size], deadline)
             for indices in by_query.values()
             for start in range(0, len(indices), size)
         ]
@@ -563,49 +776,133 @@ class HTTPReranker(Reranker):
     # ----------------------------------------------------------------- one request
 
     def _score_pairs(self, pairs: Sequence[Pair]) -> list[float]:
-        query, documents = self._split(pairs)
-        body = self._body(query, documents)
-        for attempt in Retrying(**self._retry_policy()):
-            with attempt:
-                number = attempt.retry_state.attempt_number
-                try:
-                    response = self._sync_client().post(self.url, json=body)
-                except httpx.HTTPError as exc:
-                    raise self._transport_error(exc, number) from None
-                return self._read(response, len(documents), number)
-        raise AssertionError("unreachable: the retry loop returns or raises")
+        return _RUNNER.run(self._request(pairs, _Deadline(self.timeout)))
+
+    def _score_batch(self, batch: Batch) -> list[float]:
+        return _RUNNER.run(self._request(batch.pairs, self._deadline_of(batch)))
 
     async def _ascore_batch(self, batch: Batch) -> list[float]:
-        query, documents = self._split(batch.pairs)
+        return await self._request(batch.pairs, self._deadline_of(batch))
+
+    def _deadline_of(self, batch: Batch) -> _Deadline:
+        # _prepare gives every batch of a call the call's deadline.
+        if isinstance(batch.payload, _Deadline):
+            return batch.payload
+        return _Deadline(self.timeout)
+
+    async def _request(self, pairs: Sequence[Pair], deadline: _Deadline) -> list[float]:
+        """One request with its retries, all before the call's deadline."""
+        query, documents = self._split(pairs)
         body = self._body(query, documents)
-        async for attempt in AsyncRetrying(**self._retry_policy()):
+        client = await self._async_client()
+        at = deadline.at()
+        made = [0]  # requests started, for the error message
+        remaining = at - time.monotonic()
+        if remaining > 0:
+            try:
+                return await asyncio.wait_for(
+                    self._attempts(client, body, len(documents), at, made), remaining
+                )
+            except asyncio.TimeoutError:
+                pass
+        # Raised outside the handler, so no exception (nor the request it holds) is chained.
+        raise self._deadline_error(made[0])
+
+    async def _attempts(
+        self,
+        client: httpx.AsyncClient,
+        body: dict[str, Any],
+        n: int,
+        deadline: float,
+        made: list[int],
+    ) -> list[float]:
+        async for attempt in AsyncRetrying(**self._retry_policy(deadline)):
             with attempt:
-                number = attempt.retry_state.attempt_number
-                try:
-                    response = await self._async_client().post(self.url, json=body)
-                except httpx.HTTPError as exc:
-                    raise self._transport_error(exc, number) from None
-                return self._read(response, len(documents), number)
+                made[0] = attempt.retry_state.attempt_number
+                return await self._attempt(client, body, n, made[0], deadline)
         raise AssertionError("unreachable: the retry loop returns or raises")
 
-    def _retry_policy(self) -> dict[str, Any]:
+    async def _attempt(
+        self, client: httpx.AsyncClient, body: dict[str, Any], n: int, number: int, deadline: float
+    ) -> list[float]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise self._deadline_error(number)
+        failure: RemoteRerankError
+        try:
+            # Each socket operation may use what is left; wait_for in _request ends the rest.
+            async with client.stream("POST", self.url, json=body, timeout=remaining) as response:
+                raw, complete = await self._receive(response, number)
+        except httpx.HTTPError as exc:
+            failure = self._transport_error(exc, number)
+        else:
+            return self._answer(response.status_code, response.headers, raw, complete, n, number)
+        raise failure
+
+    async def _receive(self, response: httpx.Response, attempt: int) -> tuple[bytes, bool]:
+        """The answer's bytes, read up to the cap, and whether they are all of it.
+
+        A 2xx answer over ``max_response_bytes`` raises; of an error answer only the start is
+        kept, for its message.
+        """
+        status = response.status_code
+        ok = 200 <= status < 300
+        limit = self.max_response_bytes if ok else min(self.max_response_bytes, _ERROR_BODY_BYTES)
+        declared = response.headers.get("Content-Length", "").strip()
+        if ok and declared.isdigit() and int(declared) > limit:
+            raise self._too_large(f"it declares {int(declared):,} bytes", status, attempt)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                if ok:
+                    raise self._too_large(f"more than {limit:,} bytes arrived", status, attempt)
+                chunks.append(chunk[: len(chunk) - (size - limit)])
+                return b"".join(chunks), False
+            chunks.append(chunk)
+        return b"".join(chunks), True
+
+    def _too_large(self, what: str, status: int, attempt: int) -> RemoteResponseError:
+        return self._bad(
+            f"response from {self.url} is larger than max_response_bytes="
+            f"{self.max_response_bytes:,} ({what}); stopped reading it",
+            status,
+            attempt,
+        )
+
+    def _retry_policy(self, deadline: float) -> dict[str, Any]:
         backoff = wait_exponential_jitter(
             initial=self.backoff, max=self.max_backoff, jitter=self.backoff
         )
+        planned: dict[int, float] = {}  # attempt number -> wait chosen before retrying it
 
-        def wait(state: RetryCallState) -> float:
+        def should_retry(state: RetryCallState) -> bool:
             exc = state.outcome.exception() if state.outcome else None
-            retry_after = getattr(exc, "retry_after", None)
-            return float(retry_after) if retry_after is not None else float(backoff(state))
-
-        def should_retry(exc: BaseException) -> bool:
             if not isinstance(exc, RemoteRerankError) or not exc.retryable:
                 return False
-            return exc.retry_after is None or exc.retry_after <= self.max_retry_after
+            if exc.retry_after is not None and exc.retry_after > self.max_retry_after:
+                return False
+            if state.attempt_number >= self.max_attempts:
+                return False
+            delay = exc.retry_after if exc.retry_after is not None else float(backoff(state))
+            if time.monotonic() + delay >= deadline:
+                exc.detail += (
+                    f"; not retried: waiting {delay:.2f} s would pass the "
+                    f"{self.timeout:g} s deadline (timeout=)"
+                )
+                exc.args = (exc.detail,)
+                return False
+            planned[state.attempt_number] = delay
+            return True
+
+        def wait(state: RetryCallState) -> float:
+            return planned.get(state.attempt_number, 0.0)
 
         def log_retry(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             delay = state.next_action.sleep if state.next_action else 0.0
+            # ``detail`` holds server text only redacted and cut (see _excerpt).
             detail = exc.detail if isinstance(exc, RemoteRerankError) else type(exc).__name__
             logger.warning(
                 "%s: %s; retrying in %.2f s (attempt %d of %d)",
@@ -619,20 +916,26 @@ class HTTPReranker(Reranker):
         return {
             "stop": stop_after_attempt(self.max_attempts),
             "wait": wait,
-            "retry": retry_if_exception(should_retry),
+            "retry": should_retry,
             "before_sleep": log_retry,
             "reraise": True,
         }
 
+    def _deadline_error(self, attempt: int) -> RemoteTimeoutError:
+        return RemoteTimeoutError(
+            f"no complete answer from {self.url} within the {self.timeout:g} s deadline "
+            "(timeout=, which covers the whole request with its retries)",
+            provider=self.provider,
+            attempts=attempt,
+        )
+
     def _transport_error(self, exc: httpx.HTTPError, attempt: int) -> RemoteRerankError:
+        if isinstance(exc, httpx.TimeoutException):
+            # Every operation was given only what was left of the deadline.
+            return self._deadline_error(attempt)
         kind = type(exc).__name__
-        reason = self._redact(str(exc))[:_BODY_EXCERPT] or kind
-        if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
-            return RemoteTimeoutError(
-                f"no answer from {self.url} within {self.timeout:g} s ({kind})",
-                provider=self.provider,
-                attempts=attempt,
-            )
+        # Some messages quote what the server sent (h11 quotes a malformed status line).
+        reason = self._excerpt(str(exc)) or kind
         # Connect failures and dropped connections: reranking has no side effects, so a
         # retried POST is safe.
         return RemoteRerankError(
@@ -642,11 +945,19 @@ class HTTPReranker(Reranker):
             retryable=isinstance(exc, httpx.TransportError),
         )
 
-    def _read(self, response: httpx.Response, n_documents: int, attempt: int) -> list[float]:
-        status = response.status_code
+    def _answer(
+        self,
+        status: int,
+        headers: httpx.Headers,
+        raw: bytes,
+        complete: bool,
+        n_documents: int,
+        attempt: int,
+    ) -> list[float]:
+        """Scores from an answer's status, headers and (possibly only the start of its) body."""
         if status >= 400 or status < 200:
-            excerpt = self._redact(response.text[:_BODY_EXCERPT]).strip()
-            retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+            excerpt = self._excerpt(raw.decode("utf-8", "replace"), complete=complete)
+            retry_after = _parse_retry_after(headers.get("Retry-After"))
             retryable = status in (408, 429) or status >= 500
             hint = ""
             if status in (401, 403):
@@ -666,10 +977,12 @@ class HTTPReranker(Reranker):
                 retryable=retryable,
             )
         try:
-            payload = response.json()
-        except ValueError:
-            excerpt = self._redact(response.text[:_BODY_EXCERPT]).strip()
-            raise self._bad(f"response is not valid JSON: {excerpt!r}", status, attempt) from None
+            payload = json.loads(raw)
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+            payload = _NOT_JSON
+        if payload is _NOT_JSON:
+            excerpt = self._excerpt(raw.decode("utf-8", "replace"))
+            raise self._bad(f"response is not valid JSON: {excerpt!r}", status, attempt)
         return self._parse(payload, n_documents, status, attempt)
 
     def _bad(self, detail: str, status: int, attempt: int) -> RemoteResponseError:
@@ -715,35 +1028,47 @@ class HTTPReranker(Reranker):
 
     # ----------------------------------------------------------------- clients
 
-    def _sync_client(self) -> httpx.Client:
-        with self._lock:
-            if self._client is None or self._client.is_closed:
-                self._client = httpx.Client(
-                    timeout=httpx.Timeout(self.timeout),
-                    headers=self._headers(),
-                    verify=_shared_ssl_context(),
-                )
-            return self._client
+    async def _async_client(self) -> httpx.AsyncClient:
+        """This event loop's pooled client, built in a worker thread the first time.
 
-    def _async_client(self) -> httpx.AsyncClient:
+        Building one loads the CA bundle (once per process) and sets up its transport: tenths
+        of a second that would otherwise stall the loop.
+        """
         loop = asyncio.get_running_loop()
         with self._lock:
             client = self._aclients.get(loop)
-            if client is None or client.is_closed:
-                client = httpx.AsyncClient(
-                    timeout=httpx.Timeout(self.timeout),
-                    headers=self._headers(),
-                    verify=_shared_ssl_context(),
-                )
-                self._aclients[loop] = client
+        if client is not None and not client.is_closed:
             return client
+        built = await asyncio.to_thread(self._new_client)
+        with self._lock:
+            client = self._aclients.get(loop)
+            if client is None or client.is_closed:
+                self._aclients[loop] = client = built
+        if client is not built:  # another task of this loop was first
+            await built.aclose()
+        return client
+
+    def _new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(self.timeout),
+            headers={"User-Agent": _USER_AGENT},
+            auth=None if self._api_key is None else _BearerAuth(self._api_key),
+            verify=_shared_ssl_context(),
+        )
+
+    def _pop_sync_client(self) -> tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None:
+        loop = _RUNNER.started()
+        if loop is None:
+            return None
+        with self._lock:
+            client = self._aclients.pop(loop, None)
+        return None if client is None else (loop, client)
 
     def close(self) -> None:
         """Close the pooled sync connections (the object stays usable; it reconnects)."""
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+        popped = self._pop_sync_client()
+        if popped is not None:
+            _RUNNER.run(popped[1].aclose())
 
     async def aclose(self) -> None:
         """Close this event loop's async connections, and the sync ones."""
@@ -751,7 +1076,10 @@ class HTTPReranker(Reranker):
             client = self._aclients.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.aclose()
-        self.close()
+        popped = self._pop_sync_client()
+        if popped is not None:
+            loop, sync_client = popped
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(sync_client.aclose(), loop))
 
     def __enter__(self) -> HTTPReranker:
         return self
@@ -794,5 +1122,6 @@ class HTTPReranker(Reranker):
             "provider": self.provider,
             "model": self.model,
             "url": self.url,
-            "score_scale": self.spec.score_scale,
+            "score_scale": self.score_scale,
+            "score_meaning": self.spec.score_scale,
         }

@@ -26,6 +26,7 @@ import numpy as np
 
 from rerank_core.cross_encoder import default_model_path
 from rerank_core.encoding import TokenizedReranker
+from rerank_core.readability import DEFAULT_UNREADABLE_LIMIT
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,19 @@ def _fingerprint(source: str, revision: str | None) -> str:
     return h.hexdigest()[:16]
 
 
+def _providers_for(device: str | None, ort: Any) -> list[Any]:
+    if device is None or device == "cpu":
+        return ["CPUExecutionProvider"]
+    kind, _, index = str(device).partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ValueError(f"device must be None, 'cpu', 'cuda' or 'cuda:N' for ONNX, got {device!r}")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise ValueError(
+            f"device={device!r} needs ONNX Runtime's CUDA provider: pip install onnxruntime-gpu"
+        )
+    return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
+
+
 def _writable(folder: Path) -> bool:
     return folder.is_dir() and os.access(folder, os.W_OK)
 
@@ -113,10 +127,16 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
             ``min(32, max_length // 4)``.
         max_chunks: Most windows scored per passage; ``None`` scores all.
         num_threads: ONNX Runtime intra-op threads; ``None`` uses one per physical core.
-        providers: ONNX Runtime execution providers; default ``["CPUExecutionProvider"]``.
+        providers: ONNX Runtime execution providers; default: from ``device``.
+        device: ``None`` or ``"cpu"`` runs on ``CPUExecutionProvider``; ``"cuda"`` or
+            ``"cuda:N"`` on ``CUDAExecutionProvider`` (needs ``onnxruntime-gpu``). Ignored when
+            ``providers`` is given.
         optimize: Fuse kernels with ONNX Runtime's transformer optimizer (BERT-family models).
         rerank_window: See :class:`~rerank_core.Reranker`.
         should_rerank: See :class:`~rerank_core.Reranker`.
+        unreadable_limit: Share of ``[UNK]`` tokens above which a text counts as unreadable
+            for the model; see :class:`~rerank_core.encoding.TokenizedReranker`.
+        strict_readability: Raise instead of warning on unreadable text.
         local_files_only: Never contact the hub (defaults to ``HF_HUB_OFFLINE``).
         revision: Hub revision to load.
 
@@ -143,8 +163,11 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
         max_chunks: int | None = None,
         num_threads: int | None = None,
         providers: Sequence[str] | None = None,
+        device: str | None = None,
         optimize: bool = True,
         rerank_window: int | None = None,
+        unreadable_limit: float = DEFAULT_UNREADABLE_LIMIT,
+        strict_readability: bool = False,
         should_rerank: Callable[[str], bool] | None = None,
         local_files_only: bool | None = None,
         revision: str | None = None,
@@ -157,6 +180,8 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
             max_chunks=max_chunks,
             rerank_window=rerank_window,
             should_rerank=should_rerank,
+            unreadable_limit=unreadable_limit,
+            strict_readability=strict_readability,
         )
         if quantize not in (None, "int8"):
             raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
@@ -201,7 +226,7 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
         self.session = ort.InferenceSession(
             str(self.onnx_path),
             sess_options=options,
-            providers=list(providers or ["CPUExecutionProvider"]),
+            providers=list(providers) if providers else _providers_for(device, ort),
         )
         self._input_names = {i.name for i in self.session.get_inputs()}
         logger.info(

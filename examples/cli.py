@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,16 @@ _PERSIST_HELP = (
     "(default $RAG_RERANK_CHROMA_DIR or ~/.cache/rag-rerank/chroma)."
 )
 _URL_HELP = "Chroma server URL (http://host:8000); default: embedded, in --persist-dir."
+_INDEX_HELP = (
+    "Index documents into Chroma; passages already there are skipped, never duplicated.\n\n"
+    "A failure never changes what the collection held: the corpus is read and checked first, "
+    "a run stopped midway leaves what it added and the next run adds the rest, a passage "
+    "stored without its vector is written again, and --rebuild swaps the new collection in "
+    "only once it is complete.\n\n"
+    "Runs on one embedded folder (and ask's first-run indexing) take turns through a file lock "
+    "in the folder; a second run waits and says so. A Chroma server (--chroma-url) cannot be "
+    "locked from here: run one index at a time against it."
+)
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
@@ -57,20 +68,63 @@ def _index_path(
 ) -> None:
     from tqdm import tqdm
 
-    from rerank_examples.common import chroma_client, index_passages, load_corpus, open_collection
+    from rerank_examples.common import (
+        chroma_client,
+        discard_interrupted_rebuild,
+        index_passages,
+        load_corpus,
+        open_collection,
+        rebuild_collection,
+        staging_names,
+    )
 
     passages = load_corpus(path)  # read and check everything before touching the index
-    client = chroma_client(persist_dir, chroma_url)
-    if rebuild and collection in {c.name for c in client.list_collections()}:
-        client.delete_collection(collection)
-    col = open_collection(client, collection)
-    with tqdm(total=len(passages), desc="indexing", unit="passage", leave=False) as bar:
-        report = index_passages(col, passages, progress=bar.update)
     where = chroma_url or str(persist_dir or _default_dir())
+    with _write_lock(persist_dir, chroma_url):
+        client = chroma_client(persist_dir, chroma_url)
+        for line in discard_interrupted_rebuild(client, collection):
+            typer.echo(line)
+        with tqdm(total=len(passages), desc="indexing", unit="passage", leave=False) as bar:
+            if rebuild:
+                typer.echo(
+                    f"rebuilding '{collection}' as '{staging_names(collection)[0]}'; "
+                    f"'{collection}' stays as it is until the new one is complete"
+                )
+                report = rebuild_collection(client, collection, passages, progress=bar.update)
+            else:
+                col = open_collection(client, collection)
+                report = index_passages(col, passages, progress=bar.update)
+    if rebuild:
+        typer.echo(
+            f"rebuilt collection '{collection}' at {where} from {path}: "
+            f"it holds {report.total_in_collection} passages"
+        )
+        return
+    repaired = ""
+    if report.repaired:
+        repaired = f", {report.repaired} repaired (their vectors were missing)"
     typer.echo(
-        f"indexed {path}: {report.added} new passages, {report.already_present} already present; "
-        f"collection '{collection}' at {where} holds {report.total_in_collection}"
+        f"indexed {path}: {report.added} new passages, {report.already_present} already present"
+        f"{repaired}; collection '{collection}' at {where} holds {report.total_in_collection}"
     )
+
+
+def _write_lock(persist_dir: Path | None, chroma_url: str | None) -> AbstractContextManager[None]:
+    """The embedded folder's write lock (waiting with a message); nothing for a server."""
+    from rerank_examples.common import index_lock
+
+    if chroma_url:
+        # A server's files are out of reach: concurrent writers there are the user's to avoid.
+        return nullcontext()
+    where = persist_dir or _default_dir()
+
+    def waiting(lock_file: str) -> None:
+        typer.echo(
+            f"waiting: another rag-rerank process is writing to {where} (lock {lock_file})",
+            err=True,
+        )
+
+    return index_lock(persist_dir, on_wait=waiting)
 
 
 def _default_dir() -> Path:
@@ -87,6 +141,8 @@ def _print_run(
     llm_name: str,
     load_s: float,
     llm_load_s: float | None = None,
+    score_scale: str = "probability",
+    readability_warning: str | None = None,
 ) -> None:
     echo = typer.echo
     t = run.timings
@@ -104,8 +160,10 @@ def _print_run(
     reranked = run.reranked
     echo(
         f"\n== 2. Rerank: {len(reranked)} scored by {reranker_name} "
-        f"({t.get('rerank', 0.0):.2f} s); relevance = probability"
+        f"({t.get('rerank', 0.0):.2f} s); relevance = {score_scale}"
     )
+    if readability_warning:
+        typer.secho(f"   warning: {readability_warning}", fg=typer.colors.YELLOW)
     for i, c in enumerate(reranked[:top_k_shown], 1):
         mark = {"kept": "keep", "below_threshold": "drop", "beyond_top_n": "cut "}[c.status]
         echo(
@@ -142,14 +200,26 @@ def _print_run(
     echo(f"\nTime: load {load_s:.2f} s; {stages}; total {load_s + sum(t.values()):.2f} s")
 
 
+def _readability_warning(reranker: Any, texts: list[str]) -> str | None:
+    from rerank_core.encoding import TokenizedReranker
+
+    report = reranker.last_readability if isinstance(reranker, TokenizedReranker) else None
+    if report is None or report.ok:
+        return None
+    return report.message(Path(reranker.model_name).name, texts)
+
+
 def _label(c: Candidate) -> str:
     return f"{c.label} [{c.id}]" if c.label != c.id else c.id
 
 
 def register(app: typer.Typer) -> None:
     """Add ``ask`` and ``index`` to ``app``."""
+    from rerank_core.registry import backend_names
 
-    @app.command("index")
+    LOCAL_BACKENDS = ", ".join(backend_names(local=True))  # read by --backend's help
+
+    @app.command("index", help=_INDEX_HELP)
     def index_command(
         path: Path = typer.Argument(..., help="Folder of .txt/.md files, or a .jsonl file."),
         collection: str = typer.Option(
@@ -160,7 +230,10 @@ def register(app: typer.Typer) -> None:
             None, "--chroma-url", envvar="RAG_RERANK_CHROMA_URL", help=_URL_HELP
         ),
         rebuild: bool = typer.Option(
-            False, "--rebuild", help="Empty the collection first (after the corpus is read)."
+            False,
+            "--rebuild",
+            help="Replace the collection by one built from PATH alone; the old one stays in "
+            "place until the new one is complete.",
         ),
     ) -> None:
         """Index documents into Chroma; passages already there are skipped, never duplicated."""
@@ -210,6 +283,12 @@ def register(app: typer.Typer) -> None:
             envvar="RAG_RERANK_MODEL",
             help="Reranker: hub id or folder (default: the bundled model).",
         ),
+        backend: str = typer.Option(
+            "torch",
+            "--backend",
+            envvar="RAG_RERANK_BACKEND",
+            help=f"Reranker backend: {LOCAL_BACKENDS}.",
+        ),
         chunking: bool = typer.Option(
             True,
             "--chunking/--no-chunking",
@@ -242,10 +321,10 @@ def register(app: typer.Typer) -> None:
             DEFAULT_COLLECTION,
             ChainError,
             LLMSettings,
+            build_reranker,
             chroma_client,
             index_passages,
             load_corpus,
-            load_reranker,
             open_collection,
             sample_corpus_path,
         )
@@ -258,24 +337,28 @@ def register(app: typer.Typer) -> None:
         settings = LLMSettings(llm_base_url, llm_model, llm_api_key, max_tokens=max_tokens)
         start = time.perf_counter()
         try:
-            client = chroma_client(persist_dir, chroma_url)
-            col = open_collection(client, collection)
-            source = corpus
-            if source is None and col.count() == 0:
-                if collection != DEFAULT_COLLECTION:
-                    raise _fail(
-                        f"collection '{collection}' is empty: fill it with "
-                        f"`rag-rerank index PATH --collection {collection}`",
-                        EXIT_NO_ANSWER,
-                    )
-                source = sample_corpus_path()
-                where = chroma_url or persist_dir or _default_dir()
-                typer.echo(f"First run: indexing the sample corpus into {where}")
-            if source is not None:
-                report = index_passages(col, load_corpus(source))
-                if report.added:
-                    typer.echo(f"indexed {report.added} new passages from {source}")
-            reranker = load_reranker(reranker_model, rerank_window=rerank_window, chunking=chunking)
+            # Locked while it may write (first-run indexing, --corpus), as index is.
+            with _write_lock(persist_dir, chroma_url):
+                client = chroma_client(persist_dir, chroma_url)
+                col = open_collection(client, collection)
+                source = corpus
+                if source is None and col.count() == 0:
+                    if collection != DEFAULT_COLLECTION:
+                        raise _fail(
+                            f"collection '{collection}' is empty: fill it with "
+                            f"`rag-rerank index PATH --collection {collection}`",
+                            EXIT_NO_ANSWER,
+                        )
+                    source = sample_corpus_path()
+                    where = chroma_url or persist_dir or _default_dir()
+                    typer.echo(f"First run: indexing the sample corpus into {where}")
+                if source is not None:
+                    report = index_passages(col, load_corpus(source))
+                    if report.added:
+                        typer.echo(f"indexed {report.added} new passages from {source}")
+            reranker = build_reranker(
+                reranker_model, backend=backend, rerank_window=rerank_window, chunking=chunking
+            )
             run, llm = _run_chain(
                 framework,
                 client,
@@ -299,6 +382,10 @@ def register(app: typer.Typer) -> None:
             llm_name=settings.describe(),
             load_s=load_s,
             llm_load_s=getattr(getattr(llm, "generator", None), "load_seconds", None),
+            score_scale=reranker.score_scale,
+            readability_warning=_readability_warning(
+                reranker, [run.question, *(c.text for c in run.recalled)]
+            ),
         )
         if not run.recalled:
             raise _fail(f"nothing was recalled from collection '{collection}'", EXIT_NO_ANSWER)

@@ -11,9 +11,11 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -35,6 +37,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "DEFAULT_TOP_N",
     "HYDE_PROMPT",
+    "INDEX_LOCK_FILE",
     "NO_ANSWER",
     "Candidate",
     "ChainError",
@@ -46,18 +49,22 @@ __all__ = [
     "LocalChatGenerator",
     "Passage",
     "RecordingReranker",
+    "build_reranker",
     "chroma_client",
     "classify_candidates",
     "default_persist_dir",
+    "discard_interrupted_rebuild",
     "embed_passages",
     "embedding_model_path",
+    "index_lock",
     "index_passages",
     "load_corpus",
-    "load_reranker",
     "numbered_sources",
     "open_collection",
+    "rebuild_collection",
     "sample_corpus_path",
     "smollm2_gguf_path",
+    "staging_names",
 ]
 
 #: Passages recalled by vector search before reranking.
@@ -247,25 +254,40 @@ def _load_jsonl(path: Path) -> list[Passage]:
 
 
 def _chunks(text: str, max_chars: int) -> Iterator[str]:
-    """Paragraphs packed up to ``max_chars``; a longer paragraph is split at whitespace."""
+    """Paragraphs packed up to ``max_chars``; a longer paragraph is split at whitespace.
+
+    A long paragraph is cut at the last space in its next ``max_chars`` characters (when that
+    space lies past the middle, else exactly at ``max_chars``); the whitespace at a cut is
+    dropped. The cuts walk an offset through the paragraph instead of re-slicing its rest, so
+    the time is linear in the text's length however long a paragraph runs.
+    """
     buf = ""
     for para in (p.strip() for p in text.replace("\r\n", "\n").split("\n\n")):
         if not para:
             continue
-        while len(para) > max_chars:
-            cut = para.rfind(" ", 0, max_chars)
+        start, end = 0, len(para)
+        while end - start > max_chars:
+            cut = para.rfind(" ", start, start + max_chars) - start
             cut = cut if cut > max_chars // 2 else max_chars
             if buf:
                 yield buf
                 buf = ""
-            yield para[:cut].strip()
-            para = para[cut:].strip()
-        if buf and len(buf) + 2 + len(para) > max_chars:
+            yield para[start : start + cut].strip()
+            # The paragraph was stripped, so a non-space always follows a cut.
+            found = _NON_SPACE.search(para, start + cut)
+            start = found.start() if found else end
+        rest = para[start:] if start else para
+        if buf and len(buf) + 2 + len(rest) > max_chars:
             yield buf
             buf = ""
-        buf = f"{buf}\n\n{para}" if buf else para
+        buf = f"{buf}\n\n{rest}" if buf else rest
     if buf:
         yield buf
+
+
+#: Where the text after a cut resumes: ``\S`` on a str matches exactly the characters that
+#: ``str.strip`` keeps (those for which ``str.isspace`` is false).
+_NON_SPACE = re.compile(r"\S")
 
 
 def _load_folder(folder: Path, max_chars: int) -> list[Passage]:
@@ -341,11 +363,118 @@ def chroma_client(
     return chromadb.PersistentClient(path=str(folder), settings=settings)
 
 
+#: The file in an embedded Chroma folder that writers lock (see :func:`index_lock`).
+INDEX_LOCK_FILE = ".rag-rerank-index.lock"
+
+_COLLECTION_METADATA = {"hnsw:space": "cosine", "embedding_model": EMBEDDING_MODEL_NAME}
+
+
+@contextmanager
+def index_lock(
+    persist_dir: str | os.PathLike[str] | None = None,
+    *,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[None]:
+    """Hold the inter-process write lock of an embedded Chroma folder.
+
+    Embedded Chroma keeps each collection's vector index in the memory of the process that
+    opened it and writes it out whole, so two processes writing one folder at once each save
+    an index without the other's vectors: ``count()`` is right, yet some ids have no vector.
+    Every writer of the chain (``rag-rerank index``, the first-run indexing of ``ask``) holds
+    this lock while it writes. Open the client inside the lock: a client opened before it
+    holds a vector index that misses what the previous holder wrote.
+
+    The lock is an OS file lock (``filelock``) on ``INDEX_LOCK_FILE`` in the folder; it is
+    released when the holder exits, killed or not. A Chroma server (``--chroma-url``) cannot be
+    locked from here: run one indexer at a time against it.
+
+    Args:
+        persist_dir: The Chroma folder (default :func:`default_persist_dir`); created if absent.
+        on_wait: Called with the lock file's path when another process holds the lock, before
+            this one waits for it.
+
+    Raises:
+        ImportError: filelock is missing.
+    """
+    try:
+        from filelock import FileLock, Timeout
+    except ImportError as exc:
+        raise ImportError(
+            "locking the Chroma folder needs filelock: pip install 'rag-rerank[chroma]'"
+        ) from exc
+
+    folder = Path(persist_dir) if persist_dir else default_persist_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / INDEX_LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if on_wait:
+            on_wait(str(lock.lock_file))
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def staging_names(name: str) -> tuple[str, str]:
+    """The names a rebuild of ``name`` uses: while it is filled, and once it is complete."""
+    # Chroma names hold at most 512 characters; a very long name is replaced by its hash.
+    base = name if len(name) <= 480 else f"rag-rerank-{hashlib.sha1(name.encode()).hexdigest()}"
+    return f"{base}--rebuilding", f"{base}--rebuilt"
+
+
+def _collection_names(client: ClientAPI) -> set[str]:
+    # Chroma 0.6 lists names, other versions list collections.
+    listed: list[Any] = list(client.list_collections())
+    return {c if isinstance(c, str) else c.name for c in listed}
+
+
 def open_collection(client: ClientAPI, name: str = DEFAULT_COLLECTION) -> Collection:
-    """Get or create the collection, with cosine distance (so 1 - distance is the similarity)."""
-    return client.get_or_create_collection(
-        name, metadata={"hnsw:space": "cosine", "embedding_model": EMBEDDING_MODEL_NAME}
-    )
+    """Get or create the collection, with cosine distance (so 1 - distance is the similarity).
+
+    If a rebuild was killed after dropping the old collection and before renaming the complete
+    new one (``NAME--rebuilt``, see :func:`rebuild_collection`), the new one is renamed into
+    place here rather than an empty collection created.
+    """
+    names = _collection_names(client)
+    if name not in names and staging_names(name)[1] in names:
+        ready = client.get_collection(staging_names(name)[1])
+        ready.modify(name=name)
+        logger.warning("finished an interrupted rebuild: the complete new '%s' is in place", name)
+        return client.get_collection(name)
+    return client.get_or_create_collection(name, metadata=dict(_COLLECTION_METADATA))
+
+
+def discard_interrupted_rebuild(client: ClientAPI, name: str) -> list[str]:
+    """Clear what a killed rebuild of ``name`` left, keeping the complete collection.
+
+    A collection still being filled (``NAME--rebuilding``) is dropped, as is a complete one
+    (``NAME--rebuilt``) whose old collection still exists (the swap had not begun: the old one
+    stays the truth). A complete one whose old collection is gone is renamed into place.
+    Run it while holding :func:`index_lock`: another run's rebuild in progress looks the same.
+
+    Returns:
+        One line per thing done, for the user.
+    """
+    names = _collection_names(client)
+    building, ready = staging_names(name)
+    done = []
+    if building in names:
+        client.delete_collection(building)
+        done.append(f"dropped '{building}', left unfinished by an interrupted rebuild")
+    if ready in names:
+        if name in names:
+            client.delete_collection(ready)
+            done.append(
+                f"dropped '{ready}', a rebuild interrupted before it replaced '{name}'"
+                f" ('{name}' is unchanged)"
+            )
+        else:
+            open_collection(client, name)
+            done.append(f"renamed '{ready}', completed by an interrupted rebuild, to '{name}'")
+    return done
 
 
 def embed_passages(texts: Sequence[str], *, batch_size: int = 32) -> list[list[float]]:
@@ -371,11 +500,20 @@ def _sentence_transformer() -> Any:
 
 @dataclass(frozen=True)
 class IndexReport:
-    """What :func:`index_passages` did."""
+    """What :func:`index_passages` did.
+
+    Attributes:
+        added: Passages that were not in the collection.
+        already_present: Passages found with their vector; nothing was done for them.
+        total_in_collection: ``count()`` afterwards.
+        repaired: Passages whose id was stored without a vector (left by two processes
+            writing one embedded folder at once); embedded and written again.
+    """
 
     added: int
     already_present: int
     total_in_collection: int
+    repaired: int = 0
 
 
 def index_passages(
@@ -389,7 +527,11 @@ def index_passages(
     """Add the passages the collection does not hold yet; ids already present are skipped.
 
     Ids are stable (see :class:`Passage`), so indexing the same corpus twice stores each passage
-    once and embeds nothing the second time. Existing entries are never removed.
+    once and embeds nothing the second time. An id that is stored without its vector is
+    embedded and written again. Existing entries are never removed.
+
+    Writing an embedded Chroma folder from two processes at once loses vectors: hold
+    :func:`index_lock` around opening the client and calling this.
 
     Args:
         collection: Target Chroma collection (see :func:`open_collection`).
@@ -402,9 +544,12 @@ def index_passages(
     present: set[str] = set()
     for start in range(0, len(ids), 500):
         present.update(collection.get(ids=ids[start : start + 500], include=[])["ids"])
-    if progress and present:
-        progress(len(present))
-    todo = [p for p in passages if p.id not in present]
+    broken = set(_ids_without_vectors(collection, [i for i in ids if i in present]))
+    if broken:
+        logger.warning("%d passages are stored without a vector; writing them again", len(broken))
+    if progress and len(present) > len(broken):
+        progress(len(present) - len(broken))
+    todo = [p for p in passages if p.id not in present or p.id in broken]
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
         collection.upsert(
@@ -415,35 +560,119 @@ def index_passages(
         )
         if progress:
             progress(len(batch))
-    report = IndexReport(len(todo), len(present), collection.count())
-    logger.info("indexed %d new passages (%d already present)", report.added, len(present))
+    report = IndexReport(
+        len(todo) - len(broken), len(present) - len(broken), collection.count(), len(broken)
+    )
+    logger.info(
+        "indexed %d new passages (%d already present, %d repaired)",
+        report.added,
+        report.already_present,
+        report.repaired,
+    )
+    return report
+
+
+def _ids_without_vectors(collection: Collection, ids: Sequence[str]) -> list[str]:
+    """The ids among ``ids`` (all stored) whose vector cannot be read."""
+    from chromadb.errors import ChromaError
+
+    missing: list[str] = []
+    pending = [list(ids[start : start + 500]) for start in range(0, len(ids), 500)]
+    while pending:
+        part = pending.pop()
+        try:
+            got = collection.get(ids=part, include=["embeddings"])
+        except ChromaError:
+            # Chroma fails the whole read when one vector is missing: halve to find which.
+            if len(part) == 1:
+                missing += part
+            else:
+                pending += [part[: len(part) // 2], part[len(part) // 2 :]]
+            continue
+        vectors = got.get("embeddings")
+        pairs = zip(got["ids"], [] if vectors is None else vectors, strict=False)
+        readable = {i for i, v in pairs if v is not None and len(v)}
+        missing += [i for i in part if i not in readable]
+    return missing
+
+
+def rebuild_collection(
+    client: ClientAPI,
+    name: str,
+    passages: Sequence[Passage],
+    *,
+    embed: Callable[[Sequence[str]], list[list[float]]] = embed_passages,
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> IndexReport:
+    """Replace the collection ``name`` by one holding exactly ``passages``, losing nothing.
+
+    The new collection is filled under a staging name (``NAME--rebuilding``); only once it holds
+    every passage is it renamed ``NAME--rebuilt``, the old collection dropped, and the new one
+    renamed ``NAME``. A process killed at any moment so leaves either the old collection as it
+    was or the complete new one: before the old one is dropped, the old one stands and the next
+    run drops the staging collection (:func:`discard_interrupted_rebuild`); after, the complete
+    new one is renamed into place by the next :func:`open_collection`.
+
+    Args:
+        client: From :func:`chroma_client`; for an embedded folder, opened inside
+            :func:`index_lock` and still holding it.
+        name: The collection to replace (it need not exist).
+        passages: From :func:`load_corpus`.
+        embed: Texts to normalised vectors.
+        batch_size: Passages embedded and written per step.
+        progress: Called with the number of passages handled after each step.
+    """
+    discard_interrupted_rebuild(client, name)
+    building, ready = staging_names(name)
+    staging = client.create_collection(building, metadata=dict(_COLLECTION_METADATA))
+    report = index_passages(
+        staging, passages, embed=embed, batch_size=batch_size, progress=progress
+    )
+    staging.modify(name=ready)
+    if name in _collection_names(client):
+        client.delete_collection(name)
+    client.get_collection(ready).modify(name=name)
+    logger.info("rebuilt '%s' with %d passages", name, report.total_in_collection)
     return report
 
 
 # --------------------------------------------------------------------------- reranker
 
 
-def load_reranker(
-    model: str | None = None, *, rerank_window: int | None = None, chunking: bool = True
+def build_reranker(
+    model: str | None = None,
+    *,
+    backend: str = "torch",
+    rerank_window: int | None = None,
+    chunking: bool = True,
 ) -> Reranker:
-    """A :class:`~rerank_core.CrossEncoderScorer`: ``model`` (hub id or folder) or the bundled one.
+    """The chain's reranker, built by :func:`rerank_core.load_reranker`.
 
-    Chunking is on by default: indexed passages run to 1000 characters, past the bundled model's
-    192-token window, and a truncated passage is judged by its start alone.
+    Args:
+        model: Hub id or folder; ``None`` uses the bundled model.
+        backend: Any name of :data:`rerank_core.registry.BACKENDS` that runs a local model.
+        rerank_window: Rerank only the first K recalled passages.
+        chunking: On by default: indexed passages run to 1000 characters, past the bundled
+            model's 192-token window, and a truncated passage is judged by its start alone.
 
     Raises:
         ChainError: the model cannot be loaded (the message says how to name another).
     """
-    from rerank_core import CrossEncoderScorer
+    from rerank_core import load_reranker
 
     try:
-        return CrossEncoderScorer(model or None, rerank_window=rerank_window, chunking=chunking)
+        return load_reranker(
+            model or None, backend=backend, rerank_window=rerank_window, chunking=chunking
+        )
     except FileNotFoundError as exc:
         raise ChainError(
             f"{exc}. Name a reranker with --reranker-model or RAG_RERANK_MODEL."
         ) from None
-    except (OSError, ValueError) as exc:
-        raise ChainError(f"cannot load the reranker {model!r}: {exc}") from None
+    except ImportError as exc:
+        raise ChainError(str(exc)) from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise ChainError(f"cannot load the reranker {model!r} ({backend}): {exc}") from None
 
 
 class RecordingReranker(RerankerWrapper):

@@ -2,83 +2,121 @@
 
 from __future__ import annotations
 
-import copy
+import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
-try:
-    from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks
-    from langchain_core.documents import BaseDocumentCompressor, Document
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
-        "langchain_rerank needs langchain-core: pip install 'rag-rerank[langchain]'"
-    ) from exc
-
+from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks
+from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field
 
-from rerank_core import Reranker, RerankResult
+from langchain_rerank._common import ScorerRecord, texts_of, to_documents
+from rerank_core import Reranker
+from rerank_core import adapters as shared
 
 __all__ = ["CrossEncoderReranker"]
 
-SCORE_KEY = "relevance_score"
+logger = logging.getLogger(__name__)
 
 
-class CrossEncoderReranker(BaseDocumentCompressor):
+class CrossEncoderReranker(ScorerRecord, BaseDocumentCompressor):
     """Rerank retrieved documents with a cross-encoder (or any :class:`rerank_core.Reranker`).
 
     Returns new ``Document`` objects, best first, each with the score in
     ``metadata["relevance_score"]``; ``id``, ``page_content`` and all other metadata are kept and
     the caller's documents are never modified. When the scorer's policy leaves a document unscored
     (outside its ``rerank_window``, or skipped by its gate) it follows in its original order
-    without a ``relevance_score``.
+    without a ``relevance_score``. When no document reaches ``score_threshold`` the result is
+    empty and the ``langchain_rerank.compressor`` logger says why at INFO (candidates, best score,
+    threshold, score scale).
+
+    Unknown fields are refused (``top_k=5`` is a ``ValidationError``, not a silent default).
+    ``langchain_core.load.dumpd`` gives a constructor record whose ``scorer`` is the scorer's
+    description and identity: it says which reranker scored; it cannot be loaded back into a
+    model (rebuild with :meth:`from_model`).
+
+    ``ContextualCompressionRetriever`` takes no ``k``: the number of documents it returns is this
+    compressor's ``top_n``. For a retriever that honours LangChain's ``k`` (and passes LangChain's
+    standard retriever tests), use :class:`langchain_rerank.RerankRetriever`:
+    ``RerankRetriever(base_retriever=base, reranker=scorer, k=3)`` returns what
+    ``ContextualCompressionRetriever(base_compressor=CrossEncoderReranker(scorer=scorer, top_n=3),
+    base_retriever=base)`` returns.
 
     Example:
         >>> from langchain_classic.retrievers import ContextualCompressionRetriever
-        >>> from rerank_core import CrossEncoderScorer
-        >>> reranker = CrossEncoderReranker(scorer=CrossEncoderScorer(), top_n=3)
+        >>> reranker = CrossEncoderReranker.from_model(
+        ...     backend="onnx-int8", top_n=3
+        ... )  # doctest: +SKIP
         >>> retriever = ContextualCompressionRetriever(
-        ...     base_compressor=reranker, base_retriever=vectorstore.as_retriever(k=50)
+        ...     base_compressor=reranker,
+        ...     base_retriever=vectorstore.as_retriever(search_kwargs={"k": 50}),
         ... )  # doctest: +SKIP
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     scorer: Reranker = Field(description="The reranker that scores (query, document) pairs.")
     top_n: int | None = Field(
         default=3, ge=1, description="Documents to return, best first; None returns all."
     )
     score_threshold: float | None = Field(
-        default=None, description="Drop documents scoring below this; None keeps all."
+        default=None,
+        allow_inf_nan=False,
+        description="Drop documents scoring below this (on the scorer's scale); None keeps all.",
+    )
+    score_margin: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Drop documents scoring more than this below the best one; None keeps all.",
+    )
+    cut_at_largest_gap: bool = Field(
+        default=False,
+        description="Keep only the documents above the largest drop between consecutive scores.",
     )
 
     @classmethod
     def from_model(
-        cls, model_name_or_path: str | None = None, **kwargs: Any
+        cls,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        backend: str = "torch",
+        **options: Any,
     ) -> CrossEncoderReranker:
-        """Build from a model id or folder (``None``: the bundled model); kwargs go to the fields.
+        """Build the scorer with :func:`rerank_core.registry.load_reranker` and wrap it.
 
-        Keyword arguments that are not fields of this class go to
-        :class:`rerank_core.CrossEncoderScorer`.
+        Args:
+            model: Hugging Face id or local folder; ``None`` uses the bundled reranker.
+            backend: A registered backend (``"torch"``, ``"torch-bf16"``, ``"onnx"``,
+                ``"onnx-int8"``, ...).
+            **options: Fields of this class (``top_n``, ``score_threshold``) set them; every
+                other option goes to the backend (``device``, ``batch_size``, ``cache_entries``,
+                ``rerank_window``, ...).
+
+        Raises:
+            ValueError: unknown backend.
+            TypeError: an option neither this class nor the backend knows.
+
+        Example:
+            >>> CrossEncoderReranker.from_model(backend="onnx-int8", top_n=5)  # doctest: +SKIP
         """
-        from rerank_core import CrossEncoderScorer
+        scorer, fields = shared.from_model_parts(
+            cls.model_fields, model, backend, options, owner=cls.__name__
+        )
+        return cls(scorer=scorer, **fields)
 
-        fields = {k: kwargs.pop(k) for k in list(kwargs) if k in cls.model_fields}
-        return cls(scorer=CrossEncoderScorer(model_name_or_path, **kwargs), **fields)
+    # ----------------------------------------------------------------- compressing
 
-    def _serialized(self) -> dict[str, Any]:
-        return {"name": type(self).__name__, "kwargs": self.scorer.describe()}
-
-    def _to_documents(
-        self, documents: Sequence[Document], results: list[RerankResult]
-    ) -> list[Document]:
-        out = []
-        for r in results:
-            doc = documents[r.index]
-            metadata = copy.deepcopy(doc.metadata)
-            if r.score is not None:
-                metadata[SCORE_KEY] = r.score
-            out.append(doc.model_copy(update={"metadata": metadata}))
-        return out
+    def _cut(self) -> shared.Cut:
+        return shared.Cut(
+            self.top_n,
+            self.score_threshold,
+            type(self).__name__,
+            logger,
+            self.score_margin,
+            self.cut_at_largest_gap,
+        )
 
     def compress_documents(
         self,
@@ -88,13 +126,10 @@ class CrossEncoderReranker(BaseDocumentCompressor):
     ) -> Sequence[Document]:
         """Rerank ``documents`` for ``query``; see the class docstring."""
         manager = CallbackManager.configure(inheritable_callbacks=callbacks)
-        run = manager.on_retriever_start(self._serialized(), query, name=type(self).__name__)
+        run = manager.on_retriever_start(dict(self.to_json()), query, name=type(self).__name__)
         try:
-            texts = [d.page_content for d in documents]
-            results = self.scorer.rerank(
-                query, texts, top_n=self.top_n, score_threshold=self.score_threshold
-            )
-            out = self._to_documents(documents, results)
+            results = self._cut().rerank(self.scorer, query, texts_of(documents))
+            out = to_documents(documents, results)
         except BaseException as exc:
             run.on_retriever_error(exc)
             raise
@@ -109,13 +144,12 @@ class CrossEncoderReranker(BaseDocumentCompressor):
     ) -> Sequence[Document]:
         """Async twin of :meth:`compress_documents`; scoring never blocks the event loop."""
         manager = AsyncCallbackManager.configure(inheritable_callbacks=callbacks)
-        run = await manager.on_retriever_start(self._serialized(), query, name=type(self).__name__)
+        run = await manager.on_retriever_start(
+            dict(self.to_json()), query, name=type(self).__name__
+        )
         try:
-            texts = [d.page_content for d in documents]
-            results = await self.scorer.arerank(
-                query, texts, top_n=self.top_n, score_threshold=self.score_threshold
-            )
-            out = self._to_documents(documents, results)
+            results = await self._cut().arerank(self.scorer, query, texts_of(documents))
+            out = to_documents(documents, results)
         except BaseException as exc:
             await run.on_retriever_error(exc)
             raise

@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
-try:
-    from llama_index.core.bridge.pydantic import Field
-    from llama_index.core.callbacks import CBEventType, EventPayload
-    from llama_index.core.instrumentation import get_dispatcher
-    from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
-    from llama_index.core.postprocessor.types import BaseNodePostprocessor
-    from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
-        "llamaindex_rerank needs llama-index-core: pip install 'rag-rerank[llamaindex]'"
-    ) from exc
+from llama_index.core.bridge.pydantic import ConfigDict, Field, field_serializer, field_validator
+from llama_index.core.callbacks import CBEventType, EventPayload
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from rerank_core import Reranker, RerankResult
+from rerank_core import adapters as shared
 
 __all__ = ["CrossEncoderRerank"]
 
+logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
 
 RETRIEVAL_SCORE_KEY = "retrieval_score"
+
+
+@dataclass
+class _Call:
+    """One reranking call between its start and end events."""
+
+    query: str
+    texts: list[str]
+    out: list[NodeWithScore] = field(default_factory=list)
 
 
 class CrossEncoderRerank(BaseNodePostprocessor):
@@ -33,22 +44,42 @@ class CrossEncoderRerank(BaseNodePostprocessor):
     ``metadata["retrieval_score"]``. The caller's nodes are never modified. Emits
     ``ReRankStartEvent``/``ReRankEndEvent`` and the ``CBEventType.RERANKING`` callback event.
     Nodes the scorer's policy leaves unscored (outside ``rerank_window``, or skipped by its gate)
-    follow in their original order with their first-stage score.
+    follow in their original order with their first-stage score. When no node reaches
+    ``score_threshold`` the result is empty and the ``llamaindex_rerank.postprocessor`` logger
+    says why at INFO (candidates, best score, threshold, score scale).
+
+    Unknown fields are refused (``top_k=5`` is a ``ValidationError``). ``to_dict()`` and
+    ``to_json()`` write the settings with the scorer's description and identity in place of the
+    live scorer; ``from_dict`` of that record raises a ``ValueError`` that says to rebuild the
+    scorer with :meth:`from_model`.
 
     Example:
-        >>> from rerank_core import CrossEncoderScorer
-        >>> rerank = CrossEncoderRerank(scorer=CrossEncoderScorer(), top_n=3)
+        >>> rerank = CrossEncoderRerank.from_model(backend="onnx-int8", top_n=3)  # doctest: +SKIP
         >>> engine = index.as_query_engine(
         ...     similarity_top_k=50, node_postprocessors=[rerank]
         ... )  # doctest: +SKIP
     """
+
+    model_config = ConfigDict(extra="forbid")
 
     scorer: Reranker = Field(description="The reranker that scores (query, node text) pairs.")
     top_n: int | None = Field(
         default=3, ge=1, description="Nodes to return, best first; None returns all."
     )
     score_threshold: float | None = Field(
-        default=None, description="Drop nodes scoring below this; None keeps all."
+        default=None,
+        allow_inf_nan=False,
+        description="Drop nodes scoring below this (on the scorer's scale); None keeps all.",
+    )
+    score_margin: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Drop nodes scoring more than this below the best one; None keeps all.",
+    )
+    cut_at_largest_gap: bool = Field(
+        default=False,
+        description="Keep only the nodes above the largest drop between consecutive scores.",
     )
     keep_retrieval_score: bool = Field(
         default=False,
@@ -60,20 +91,51 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         """Name used by LlamaIndex serialisation."""
         return "CrossEncoderRerank"
 
+    @field_validator("scorer", mode="before")
     @classmethod
-    def from_model(cls, model_name_or_path: str | None = None, **kwargs: Any) -> CrossEncoderRerank:
-        """Build from a model id or folder (``None``: the bundled model).
+    def _live_scorer(cls, value: object) -> object:
+        return shared.check_scorer(value, owner=cls.__name__)
 
-        Keyword arguments that are fields of this class set them; the rest go to
-        :class:`rerank_core.CrossEncoderScorer`.
+    @field_serializer("scorer")
+    def _describe_scorer(self, scorer: Reranker) -> dict[str, Any]:
+        return shared.describe_scorer(scorer)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        backend: str = "torch",
+        **options: Any,
+    ) -> CrossEncoderRerank:
+        """Build the scorer with :func:`rerank_core.registry.load_reranker` and wrap it.
+
+        Args:
+            model: Hugging Face id or local folder; ``None`` uses the bundled reranker.
+            backend: A registered backend (``"torch"``, ``"torch-bf16"``, ``"onnx"``,
+                ``"onnx-int8"``, ...).
+            **options: Fields of this class (``top_n``, ``score_threshold``,
+                ``keep_retrieval_score``, ``callback_manager``) set them; every other option goes
+                to the backend (``device``, ``batch_size``, ``cache_entries``, ...).
+
+        Raises:
+            ValueError: unknown backend.
+            TypeError: an option neither this class nor the backend knows.
         """
-        from rerank_core import CrossEncoderScorer
+        scorer, fields = shared.from_model_parts(
+            cls.model_fields, model, backend, options, owner=cls.__name__
+        )
+        return cls(scorer=scorer, **fields)
 
-        fields = {k: kwargs.pop(k) for k in list(kwargs) if k in cls.model_fields}
-        return cls(scorer=CrossEncoderScorer(model_name_or_path, **kwargs), **fields)
-
-    def _texts(self, nodes: list[NodeWithScore]) -> list[str]:
-        return [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
+    def _cut(self) -> shared.Cut:
+        return shared.Cut(
+            self.top_n,
+            self.score_threshold,
+            type(self).__name__,
+            logger,
+            self.score_margin,
+            self.cut_at_largest_gap,
+        )
 
     def _to_nodes(
         self, nodes: list[NodeWithScore], results: list[RerankResult]
@@ -88,26 +150,31 @@ class CrossEncoderRerank(BaseNodePostprocessor):
             out.append(NodeWithScore(node=node, score=score))
         return out
 
-    def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> QueryBundle:
+    @contextmanager
+    def _reranking(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None
+    ) -> Iterator[_Call]:
+        """Emit the start events, yield the call to fill in ``out``, then emit the end events."""
         if query_bundle is None:
             raise ValueError("CrossEncoderRerank needs a query: pass query_bundle or query_str")
+        model = self.scorer.model_name
         dispatcher.event(
             ReRankStartEvent(
-                query=query_bundle,
-                nodes=nodes,
-                top_n=self.top_n or len(nodes),
-                model_name=self.scorer.model_name,
+                query=query_bundle, nodes=nodes, top_n=self.top_n or len(nodes), model_name=model
             )
         )
-        return query_bundle
-
-    def _payload(self, nodes: list[NodeWithScore], query: str) -> dict[str, Any]:
-        return {
+        payload: dict[str, Any] = {
             EventPayload.NODES: nodes,
-            EventPayload.MODEL_NAME: self.scorer.model_name,
-            EventPayload.QUERY_STR: query,
+            EventPayload.MODEL_NAME: model,
+            EventPayload.QUERY_STR: query_bundle.query_str,
             EventPayload.TOP_K: self.top_n,
         }
+        with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
+            texts = [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
+            call = _Call(query_bundle.query_str, texts)
+            yield call
+            event.on_end(payload={EventPayload.NODES: call.out})
+        dispatcher.event(ReRankEndEvent(nodes=call.out))
 
     @dispatcher.span
     def _postprocess_nodes(
@@ -115,18 +182,10 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         nodes: list[NodeWithScore],
         query_bundle: QueryBundle | None = None,
     ) -> list[NodeWithScore]:
-        query_bundle = self._start(nodes, query_bundle)
-        query = query_bundle.query_str
-        with self.callback_manager.event(
-            CBEventType.RERANKING, payload=self._payload(nodes, query)
-        ) as event:
-            results = self.scorer.rerank(
-                query, self._texts(nodes), top_n=self.top_n, score_threshold=self.score_threshold
-            )
-            out = self._to_nodes(nodes, results)
-            event.on_end(payload={EventPayload.NODES: out})
-        dispatcher.event(ReRankEndEvent(nodes=out))
-        return out
+        with self._reranking(nodes, query_bundle) as call:
+            results = self._cut().rerank(self.scorer, call.query, call.texts)
+            call.out = self._to_nodes(nodes, results)
+        return call.out
 
     @dispatcher.span
     async def _apostprocess_nodes(
@@ -134,15 +193,7 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         nodes: list[NodeWithScore],
         query_bundle: QueryBundle | None = None,
     ) -> list[NodeWithScore]:
-        query_bundle = self._start(nodes, query_bundle)
-        query = query_bundle.query_str
-        with self.callback_manager.event(
-            CBEventType.RERANKING, payload=self._payload(nodes, query)
-        ) as event:
-            results = await self.scorer.arerank(
-                query, self._texts(nodes), top_n=self.top_n, score_threshold=self.score_threshold
-            )
-            out = self._to_nodes(nodes, results)
-            event.on_end(payload={EventPayload.NODES: out})
-        dispatcher.event(ReRankEndEvent(nodes=out))
-        return out
+        with self._reranking(nodes, query_bundle) as call:
+            results = await self._cut().arerank(self.scorer, call.query, call.texts)
+            call.out = self._to_nodes(nodes, results)
+        return call.out

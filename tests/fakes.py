@@ -1,7 +1,7 @@
-"""Test fakes: deterministic in-process rerankers, shared by every test that needs one.
+"""Test fakes shared by every test that needs one: small real stand-ins, each does its job.
 
-They implement the one backend hook, ``_score_pairs``, so everything else they do (validation,
-batching, ordering, policy, async) is the real base class at work.
+The rerankers implement the one backend hook, ``_score_pairs``, so everything else they do
+(validation, batching, ordering, policy, async) is the real base class at work.
 """
 
 from __future__ import annotations
@@ -10,6 +10,10 @@ import threading
 import zlib
 from collections.abc import Sequence
 from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
 
 from rerank_core import Reranker
 from rerank_core.base import Pair
@@ -94,3 +98,41 @@ class TableScorer(Reranker):
     def _score_pairs(self, pairs: Sequence[Pair]) -> list[float]:
         self.calls += 1
         return [self.table[d] for _, d in pairs]
+
+
+class KeywordRetriever(BaseRetriever):
+    """A first-stage LangChain retriever: the ``k`` documents sharing most words with the query.
+
+    Ties keep corpus order and documents sharing no word still count, so it always returns
+    ``min(k, len(documents))``. It returns its own ``Document`` objects (as an in-memory store
+    does), so a test can check that whoever consumes them leaves them alone. ``k`` can also be
+    given per call, as LangChain's vector-store retrievers allow.
+    """
+
+    documents: list[Document]
+    k: int = 4
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        words = set(query.lower().split())
+        order = sorted(
+            range(len(self.documents)),
+            key=lambda i: -len(words & set(self.documents[i].page_content.lower().split())),
+        )
+        return [self.documents[i] for i in order[: kwargs.get("k", self.k)]]
+
+
+def checksum_vectors(texts: Sequence[str], dim: int = 384) -> list[list[float]]:
+    """Deterministic unit vectors from a checksum of each text: an ``embed`` for indexing tests.
+
+    Same text, same vector; ``dim`` matches all-MiniLM-L6-v2, so a collection filled with these
+    can be indexed into later with the real model.
+    """
+    out = []
+    for text in texts:
+        seed = zlib.crc32(text.encode())
+        raw = [((seed * (i + 1) * 2654435761) % 1000) / 1000 + 0.001 for i in range(dim)]
+        norm = sum(x * x for x in raw) ** 0.5
+        out.append([x / norm for x in raw])
+    return out

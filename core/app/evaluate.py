@@ -689,9 +689,9 @@ def _as_reranker(name: str, value: Reranker | str | os.PathLike[str], **kwargs: 
     if isinstance(value, Reranker):
         return value
     if isinstance(value, (str, os.PathLike)):
-        from rerank_core.cross_encoder import CrossEncoderScorer
+        from rerank_core.registry import load_reranker
 
-        return CrossEncoderScorer(value, **kwargs)
+        return load_reranker(value, **kwargs)
     raise TypeError(
         f"rerankers[{name!r}] must be a Reranker or a model path/id, got {type(value).__name__}"
     )

@@ -74,6 +74,7 @@ class Fault:
     delay: float = 0.0  # sleep first
     drop: bool = False  # close the connection without answering
     echo: bool = False  # answer ``status`` with the request headers as the body
+    respond: Callable[[dict[str, str]], bytes] | None = None  # body built from the headers
     transform: Callable[[list[dict[str, Any]]], Any] | None = None  # rewrite the results
 
 
@@ -127,6 +128,10 @@ class RerankServer:
                     if fault and fault.echo:
                         echoed = json.dumps({"error": "denied", "headers": seen.headers})
                         self._send(fault.status or 401, echoed.encode(), fault.headers)
+                        return
+                    if fault and fault.respond is not None:
+                        data = fault.respond(seen.headers)
+                        self._send(fault.status or 500, data, fault.headers)
                         return
                     if fault and fault.status is not None:
                         self._send(fault.status, fault.body, fault.headers)

@@ -27,10 +27,10 @@ from typer.testing import CliRunner
 from rerank_examples import cli as chain_cli
 from rerank_examples.common import (
     NO_ANSWER,
+    build_reranker,
     chroma_client,
     index_passages,
     load_corpus,
-    load_reranker,
     open_collection,
     sample_corpus_path,
 )
@@ -306,6 +306,32 @@ def test_cli_threshold_dropping_everything_exits_3(cli, store, tiny_model_dir) -
     assert "no passage reached the relevance threshold" in result.output
 
 
+def test_cli_ask_takes_any_local_backend(cli, store, tiny_model_dir) -> None:
+    _, folder = store
+    result = _ask(cli, folder, tiny_model_dir, "--threshold", "1.01", "--backend", "onnx-int8")
+    assert result.exit_code == 3, result.output
+    assert "Threshold 1.01: dropped 36 of 36 scored" in result.output
+    unknown = _ask(cli, folder, tiny_model_dir, "--backend", "nope")
+    assert unknown.exit_code == 1 and "unknown backend 'nope'" in unknown.output
+
+
+@pytest.mark.skipif(not (BUNDLED / "config.json").is_file(), reason="bundled reranker not built")
+def test_cli_ask_warns_when_the_reranker_cannot_read_the_question(cli, store) -> None:
+    _, folder = store
+    args = ["ask", "什么是人工智能？", "--persist-dir", str(folder), "-c", COLLECTION]
+    result = CliRunner().invoke(
+        cli, [*args, "--reranker-model", str(BUNDLED), "--threshold", "1.01"]
+    )
+    assert result.exit_code == 3, result.output
+    rerank_stage = result.output.split("== 2. Rerank")[1].split("== 3.")[0]
+    assert "warning: rag-rerank-minilm-l6 cannot read 1 of 1 queries" in rerank_stage
+    assert "BAAI/bge-reranker-v2-m3" in rerank_stage
+    # An English question reads fine; the sample corpus's Chinese passages it recalls do not.
+    english = _ask(cli, folder, BUNDLED, "--threshold", "1.01")
+    assert "cannot read 1 of 1 queries" not in english.output
+    assert "passages (up to" in english.output and "Chinese" in english.output
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -440,8 +466,8 @@ def test_chain_reranker_reads_a_whole_indexed_passage() -> None:
     )
     passage = sentence * ((1000 - len(answer)) // len(sentence)) + answer
     assert len(passage) <= 1000
-    chained = load_reranker()
-    truncated = load_reranker(chunking=False)
+    chained = build_reranker()
+    truncated = build_reranker(chunking=False)
     assert truncated.count_tokens([(QUESTION, passage)]) == [truncated.max_length]
     whole, start = chained.score(QUESTION, [passage])[0], truncated.score(QUESTION, [passage])[0]
     assert whole > 0.5 > start

@@ -114,3 +114,95 @@ def test_dl19_first_stage_reference_figure(data_dir: Path) -> None:
     dl19 = data_dir / "trec-dl19"
     report = evaluate_rerank_file(dl19 / "bm25_top100.jsonl", dl19 / "qrels.txt")
     assert report.row("first stage").metrics["nDCG@10"] == pytest.approx(0.5058, abs=5e-5)
+
+
+def _small_rerank_file(path: Path) -> Path:
+    texts = [
+        "Bananas are yellow.",
+        "Paris is the capital of France.",
+        "Rome is in Italy.",
+        "France borders Spain.",
+    ]
+    lines = [
+        {
+            "qid": qid,
+            "query": query,
+            "candidates": [
+                {"docid": f"d{i}", "text": t, "label": int(i == answer)}
+                for i, t in enumerate(texts)
+            ],
+        }
+        for qid, query, answer in (("1", "capital of France", 1), ("2", "where is Rome", 2))
+    ]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def test_eval_cli_through_a_running_server_equals_the_local_model(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """``rag-rerank eval --backend http --provider generic --base-url ...`` scores remotely."""
+    from typer.testing import CliRunner
+
+    from rerank_core.app.cli import _register, app
+    from rerank_core.app.server import ServerSettings, create_app
+    from rerank_core.registry import load_reranker
+    from tests.integration.live_server import running
+
+    _register()
+    data = _small_rerank_file(tmp_path / "run.jsonl")
+    common = [
+        "eval",
+        str(data),
+        "--no-bi-encoder",
+        "--name",
+        "run",
+        "--model",
+        f"tiny={tiny_model_dir}",
+    ]
+    local = CliRunner().invoke(app, [*common, "-o", str(tmp_path / "local"), "--device", "cpu"])
+    assert local.exit_code == 0, local.output
+    scorer = load_reranker(tiny_model_dir, backend="torch", device="cpu")
+    with running(create_app(scorer, settings=ServerSettings(model_name="tiny"))) as (url, _):
+        remote = CliRunner().invoke(
+            app,
+            [
+                "eval",
+                str(data),
+                "--no-bi-encoder",
+                "--name",
+                "run",
+                "--backend",
+                "http",
+                "--provider",
+                "generic",
+                "--base-url",
+                url,
+                "-o",
+                str(tmp_path / "remote"),
+            ],
+        )
+    assert remote.exit_code == 0, remote.output
+    by_local = json.loads((tmp_path / "local" / "run.json").read_text())
+    by_remote = json.loads((tmp_path / "remote" / "run.json").read_text())
+    local_rows = {r["name"]: r for r in by_local["rows"]}
+    remote_rows = {r["name"]: r for r in by_remote["rows"]}
+    assert remote_rows["generic"]["metrics"] == pytest.approx(local_rows["tiny"]["metrics"])
+    # The score distribution (medians of relevant and other passages) is the model's own.
+    for key in ("positive_median", "negative_median"):
+        assert by_remote["calibration"]["generic"][key] == pytest.approx(
+            by_local["calibration"]["tiny"][key], abs=1e-5
+        )
+    assert by_remote["info"]["rerankers"]["generic"]["class"] == "HTTPReranker"
+
+
+def test_eval_cli_rejects_an_unknown_backend_naming_the_known_ones(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rerank_core.app.cli import _register, app
+
+    _register()
+    data = _small_rerank_file(tmp_path / "run.jsonl")
+    out = CliRunner().invoke(app, ["eval", str(data), "--no-bi-encoder", "-b", "nope"])
+    assert out.exit_code != 0
+    assert "onnx-int8" in out.output and "http" in out.output

@@ -105,3 +105,85 @@ def test_llamaindex_query_engine(tiny_model_dir: Path, embed_path: str) -> None:
     assert all(0.0 <= n.node.metadata["retrieval_score"] <= 1.0 for n in response.source_nodes)
     # the index's own nodes were not touched
     assert all("retrieval_score" not in n.metadata for n in nodes)
+
+
+# ------------------------------------------------------------------ from_model through the registry
+
+
+@pytest.fixture(scope="module")
+def tiny_copy(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A private copy of the tiny model: the ONNX export lands in ``<model>/onnx/``."""
+    import shutil
+
+    dest = tmp_path_factory.mktemp("tiny-onnx") / "model"
+    shutil.copytree(tiny_model_dir, dest)
+    return str(dest)
+
+
+@pytest.fixture(scope="module")
+def onnx_int8_reference(tiny_copy: str):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from rerank_core.registry import load_reranker
+
+    return load_reranker(tiny_copy, backend="onnx-int8", max_length=64, num_threads=1)
+
+
+def test_langchain_from_model_onnx_int8(tiny_copy: str, onnx_int8_reference) -> None:
+    from langchain_core.documents import Document
+
+    from langchain_rerank import CrossEncoderReranker
+    from rerank_core import OnnxCrossEncoderScorer
+
+    reranker = CrossEncoderReranker.from_model(
+        tiny_copy, backend="onnx-int8", top_n=2, score_threshold=-1.0, max_length=64, num_threads=1
+    )
+    assert (reranker.top_n, reranker.score_threshold) == (2, -1.0)
+    scorer = reranker.scorer
+    assert isinstance(scorer, OnnxCrossEncoderScorer) and scorer.quantize == "int8"
+    assert scorer.identity() == onnx_int8_reference.identity()
+    docs = [Document(page_content=t, id=f"d{i}") for i, t in enumerate(TEXTS)]
+    out = reranker.compress_documents(docs, QUERY)
+    expected = onnx_int8_reference.score(QUERY, TEXTS)
+    assert [d.id for d in out] == [f"d{i}" for i in sorted(range(6), key=lambda i: -expected[i])][
+        :2
+    ]
+    assert [d.metadata["relevance_score"] for d in out] == sorted(expected, reverse=True)[:2]
+
+
+def test_llamaindex_from_model_onnx_int8(tiny_copy: str, onnx_int8_reference) -> None:
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from llamaindex_rerank import CrossEncoderRerank
+    from rerank_core import OnnxCrossEncoderScorer
+
+    post = CrossEncoderRerank.from_model(
+        tiny_copy,
+        backend="onnx-int8",
+        top_n=3,
+        keep_retrieval_score=True,
+        max_length=64,
+        num_threads=1,
+    )
+    assert (post.top_n, post.keep_retrieval_score) == (3, True)
+    assert isinstance(post.scorer, OnnxCrossEncoderScorer) and post.scorer.quantize == "int8"
+    assert post.scorer.identity() == onnx_int8_reference.identity()
+    nodes = [
+        NodeWithScore(node=TextNode(text=t, id_=f"n{i}"), score=0.5) for i, t in enumerate(TEXTS)
+    ]
+    out = post.postprocess_nodes(nodes, query_str=QUERY)
+    assert [n.score for n in out] == sorted(onnx_int8_reference.score(QUERY, TEXTS), reverse=True)[
+        :3
+    ]
+    assert post.to_dict()["scorer"]["identity"]["quantize"] == "int8"
+
+
+def test_from_model_passes_unknown_options_to_the_backend_which_refuses_them(
+    tiny_model_dir: Path,
+) -> None:
+    from langchain_rerank import CrossEncoderReranker
+
+    with pytest.raises(TypeError, match="top_k"):
+        CrossEncoderReranker.from_model(str(tiny_model_dir), device="cpu", top_k=5)
+    reranker = CrossEncoderReranker.from_model(str(tiny_model_dir), device="cpu", top_n=1)
+    assert isinstance(reranker.scorer, CrossEncoderScorer) and reranker.top_n == 1

@@ -174,3 +174,94 @@ async def test_async_does_not_block_the_event_loop() -> None:
     await setter
     assert [x.index for x in results] == [2, 3, 0, 1]
     assert threading.get_ident() not in r.threads
+
+
+class Concurrency(WordOverlap):
+    """Records how many batches are being scored at once."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.active = 0
+        self.peak = 0
+        self.lock = threading.Lock()
+        self.both_in = threading.Barrier(2, timeout=10)
+
+    def _score_pairs(self, pairs: Sequence[Pair]) -> list[float]:
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            if self.max_concurrency > 1:
+                self.both_in.wait()  # two batches really are in flight together
+            return super()._score_pairs(pairs)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_max_concurrency_bounds_batches_in_flight(limit: int) -> None:
+    r = Concurrency(batch_size=1, max_concurrency=limit)
+    assert r.score(QUERY, DOCS) == WordOverlap().score(QUERY, DOCS)
+    assert r.peak == limit
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+async def test_max_concurrency_bounds_the_async_path_too(limit: int) -> None:
+    r = Concurrency(batch_size=1, max_concurrency=limit)
+    assert await r.ascore(QUERY, DOCS) == WordOverlap().score(QUERY, DOCS)
+    assert r.peak == limit
+
+
+def test_max_concurrency_must_be_a_positive_int() -> None:
+    for bad in (0, -1, 1.5, True, None):
+        with pytest.raises(ValueError, match="max_concurrency"):
+            WordOverlap(max_concurrency=bad)
+
+
+async def test_a_failing_batch_cancels_the_rest_of_the_call() -> None:
+    started: list[str] = []
+
+    class FailsFirst(WordOverlap):
+        async def _ascore_batch(self, batch):  # type: ignore[no-untyped-def]
+            started.append(batch.pairs[0][1])
+            if len(started) == 1:
+                raise RuntimeError("backend down")
+            await asyncio.sleep(10)
+            return [0.0] * len(batch.pairs)
+
+    r = FailsFirst(batch_size=1, max_concurrency=4)
+    with pytest.raises(RuntimeError, match="backend down"):
+        await asyncio.wait_for(r.ascore(QUERY, DOCS), timeout=5)
+
+
+def test_margin_keeps_the_near_ties_of_the_best() -> None:
+    scores = {"a": 0.9, "b": 0.85, "c": 0.5, "d": 0.3}
+
+    class Table(WordOverlap):
+        def _score_pairs(self, pairs: Sequence[Pair]) -> list[float]:
+            return [scores[d] for _, d in pairs]
+
+    r = Table()
+    got = r.rerank("q", list(scores), score_margin=0.1)
+    assert [x.document for x in got] == ["a", "b"]
+    # the largest drop is between b (0.85) and c (0.5)
+    assert [x.document for x in r.rerank("q", list(scores), cut_at_largest_gap=True)] == ["a", "b"]
+    # threshold first, then margin, then top_n
+    got = r.rerank("q", list(scores), score_threshold=0.3, score_margin=0.5, top_n=2)
+    assert [x.document for x in got] == ["a", "b"]
+    assert [x.document for x in r.rerank("q", ["c", "d"], score_margin=0.0)] == ["c"]
+    with pytest.raises(ValueError, match="score_margin"):
+        r.rerank("q", ["c"], score_margin=-1)
+    with pytest.raises(ValueError, match="cut_at_largest_gap"):
+        r.rerank("q", ["c"], cut_at_largest_gap="yes")  # type: ignore[arg-type]
+
+
+def test_relative_cutoffs_leave_unscored_candidates_alone() -> None:
+    from rerank_core.base import Cutoffs
+
+    ranked = [RerankResult(1, 0.9, "b"), RerankResult(0, 0.2, "a"), RerankResult(2, None, "c")]
+    assert [r.index for r in Cutoffs(cut_at_largest_gap=True).apply(ranked)] == [1, 2]
+    assert [r.index for r in Cutoffs(score_margin=0.1, top_n=1).apply(ranked)] == [1]
+    assert Cutoffs(score_threshold=0.95).why_empty(ranked[:2], "probability") is not None
+    assert Cutoffs(score_threshold=0.5).why_empty(ranked, "probability") is None

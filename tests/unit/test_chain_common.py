@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,45 @@ def test_jsonl_fields_become_metadata(tmp_path: Path) -> None:
     assert [p.text for p in passages] == ["alpha", "beta"]
     assert passages[0].id == "7"
     assert passages[0].metadata == {"source": "c.jsonl", "title": "T", "tags": '["a", "b"]'}
+
+
+@pytest.mark.parametrize(
+    ("text", "chunks"),
+    [
+        # cut at the last space within max_chars
+        ("aaaa bbbb cccc dddd", ["aaaa bbbb", "cccc dddd"]),
+        # no space past the middle: cut at exactly max_chars
+        ("ab cdefghijklmnop", ["ab cdefghi", "jklmnop"]),
+        ("x" * 25, ["x" * 10, "x" * 10, "x" * 5]),
+        # whitespace at a cut is dropped; a single newline is not a cut point
+        ("aaaa\nbbbb   cccc\r\n\r\ndd", ["aaaa\nbbbb", "cccc\n\ndd"]),
+        # short paragraphs are packed while they fit
+        ("a\n\nb\n\n\n\nc\n\n" + "y" * 12, ["a\n\nb\n\nc", "y" * 10, "yy"]),
+    ],
+)
+def test_chunk_boundaries(tmp_path: Path, text: str, chunks: list[str]) -> None:
+    path = tmp_path / "t.txt"
+    path.write_bytes(text.encode())
+    assert [p.text for p in load_corpus(path, max_chars=10)] == chunks
+
+
+def test_a_long_single_paragraph_is_chunked_whole(tmp_path: Path) -> None:
+    # One paragraph of about 4 MB whose lines break with single newlines: each cut once took
+    # a copy of the whole rest, so chunking was quadratic (8 MB took about 40 s).
+    line = "a reranker keeps the passages that answer the question"
+    text = "\n".join(f"{n} {line}" for n in range(70_000))
+    path = tmp_path / "long.txt"
+    path.write_text(text, encoding="utf-8")
+    start = time.perf_counter()
+    passages = load_corpus(path, max_chars=1000)
+    print(
+        f"{len(text) / 1e6:.1f} MB in {len(passages)} passages, {time.perf_counter() - start:.2f} s"
+    )
+    assert all(500 < len(p.text) <= 1000 for p in passages[:-1])
+    assert [p.metadata["chunk"] for p in passages] == list(range(len(passages)))
+    assert len({p.id for p in passages}) == len(passages)
+    # nothing lost, nothing repeated, in order
+    assert " ".join(p.text for p in passages).split() == text.split()
 
 
 @pytest.mark.parametrize(

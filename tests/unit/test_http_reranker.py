@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import email.utils
+import pickle
 import re
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ from rerank_core.http import (
     PROVIDERS,
     RemoteRerankError,
     RemoteResponseError,
+    _BearerAuth,
     _parse_retry_after,
 )
 
@@ -31,6 +34,21 @@ def _no_env_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     for spec in PROVIDERS.values():
         for var in spec.key_env:
             monkeypatch.delenv(var, raising=False)
+
+
+def authorization(reranker: HTTPReranker) -> str | None:
+    """The Authorization header the reranker's clients put on a request."""
+    if reranker._api_key is None:
+        return None
+    flow = _BearerAuth(reranker._api_key).auth_flow(httpx.Request("POST", reranker.url))
+    return next(flow).headers.get("Authorization")
+
+
+def read(reranker: HTTPReranker, response: httpx.Response, n: int, attempt: int) -> list[float]:
+    """Check a complete, already-read answer as the streaming path does."""
+    return reranker._answer(
+        response.status_code, response.headers, response.content, True, n, attempt
+    )
 
 
 def test_it_is_a_reranker_and_exported_lazily() -> None:
@@ -58,7 +76,7 @@ def test_hosted_presets_need_a_key_and_name_the_variable() -> None:
 def test_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COHERE_API_KEY", KEY)
     reranker = HTTPReranker("cohere")
-    assert reranker._headers()["Authorization"] == f"Bearer {KEY}"
+    assert authorization(reranker) == f"Bearer {KEY}"
 
 
 def test_key_is_not_in_repr_describe_or_public_attributes() -> None:
@@ -146,15 +164,15 @@ def test_parse_maps_indices_back_to_input_order() -> None:
             {"index": 1, "relevance_score": 0},
         ]
     }
-    scores = reranker._read(_response(payload), 3, 1)
+    scores = read(reranker, _response(payload), 3, 1)
     assert scores == [0.5, 0.0, 0.9]
     assert all(type(s) is float for s in scores)
 
 
 def test_parse_tei_bare_list() -> None:
     reranker = HTTPReranker("tei")
-    scores = reranker._read(
-        _response([{"index": 1, "score": -2.5}, {"index": 0, "score": 3}]), 2, 1
+    scores = read(
+        reranker, _response([{"index": 1, "score": -2.5}, {"index": 0, "score": 3}]), 2, 1
     )
     assert scores == [3.0, -2.5]
 
@@ -175,7 +193,7 @@ def test_parse_tei_bare_list() -> None:
 def test_parse_rejects_incomplete_or_bad_results(payload: object, message: str) -> None:
     reranker = HTTPReranker("siliconflow", api_key=KEY)
     with pytest.raises(RemoteResponseError, match=re.escape(message)) as info:
-        reranker._read(_response(payload), 2, 3)
+        read(reranker, _response(payload), 2, 3)
     assert isinstance(info.value, ScoringError)
     assert info.value.attempts == 3 and info.value.provider == "siliconflow"
 
@@ -184,13 +202,13 @@ def test_status_errors_carry_status_retry_after_and_redacted_body() -> None:
     reranker = HTTPReranker("siliconflow", api_key=KEY)
     response = httpx.Response(503, text=f"down, token {KEY}", headers={"Retry-After": "7"})
     with pytest.raises(RemoteRerankError) as info:
-        reranker._read(response, 1, 2)
+        read(reranker, response, 1, 2)
     err = info.value
     assert (err.status, err.retry_after, err.retryable, err.attempts) == (503, 7.0, True, 2)
     assert KEY not in str(err) and "***" in str(err)
     assert str(err).startswith("siliconflow: HTTP 503") and str(err).endswith("(after 2 attempts)")
     with pytest.raises(RemoteRerankError) as info:
-        reranker._read(httpx.Response(422, text="bad field"), 1, 1)
+        read(reranker, httpx.Response(422, text="bad field"), 1, 1)
     assert info.value.retryable is False
 
 
@@ -216,3 +234,77 @@ def test_remote_extra_named_in_the_import_message_exists() -> None:
     assert named == {"remote"}
     for extra in named:
         assert re.search(rf"^{extra} = \[", pyproject, re.MULTILINE)
+
+
+def test_the_key_is_held_masked_never_plain() -> None:
+    reranker = HTTPReranker("jina", api_key=KEY)
+    state = vars(reranker)
+    assert repr(reranker._api_key) == "_Secret('***')" and str(reranker._api_key) == repr(
+        reranker._api_key
+    )
+    for text in (
+        repr(state),
+        str(state),
+        repr(reranker),
+        repr(reranker.describe()),
+        repr(reranker.identity()),
+        reranker.score_id,
+    ):
+        assert KEY not in text and KEY[:6] not in text
+    assert authorization(reranker) == f"Bearer {KEY}"
+    with pytest.raises(TypeError, match="never pickled"):
+        pickle.dumps(reranker._api_key)
+
+
+def test_pickling_drops_the_key_and_reads_it_from_the_environment_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reranker = HTTPReranker("cohere", api_key=KEY, timeout=7, max_response_bytes=1000)
+    data = pickle.dumps(reranker)
+    assert KEY.encode() not in data and KEY[:6].encode() not in data
+    with pytest.raises(ValueError, match=r"never pickled.*CO_API_KEY or COHERE_API_KEY"):
+        pickle.loads(data)
+    monkeypatch.setenv("COHERE_API_KEY", "env-key-of-the-worker")
+    clone = pickle.loads(data)
+    assert authorization(clone) == "Bearer env-key-of-the-worker"
+    assert clone.score_id == reranker.score_id
+    assert (clone.timeout, clone.max_response_bytes, clone.url) == (7.0, 1000, reranker.url)
+
+
+def test_pickling_a_keyless_self_hosted_reranker_round_trips() -> None:
+    reranker = HTTPReranker("tei", base_url="http://127.0.0.1:9", truncate=True)
+    clone = pickle.loads(pickle.dumps(reranker))
+    assert clone.score_id == reranker.score_id and authorization(clone) is None
+
+
+def test_a_key_without_an_environment_variable_refuses_to_be_pickled() -> None:
+    reranker = HTTPReranker("generic", base_url="http://127.0.0.1:9", api_key=KEY)
+    with pytest.raises(TypeError, match="never pickled") as info:
+        pickle.dumps(reranker)
+    assert KEY not in str(info.value)
+
+
+def test_copies_keep_the_key_and_get_their_own_connections() -> None:
+    reranker = HTTPReranker("generic", base_url="http://127.0.0.1:9", api_key=KEY)
+    for clone in (copy.copy(reranker), copy.deepcopy(reranker)):
+        assert authorization(clone) == f"Bearer {KEY}"
+        assert clone.score_id == reranker.score_id
+        assert clone._lock is not reranker._lock and clone._aclients is not reranker._aclients
+
+
+def test_excerpt_redacts_before_cutting_and_drops_a_key_cut_by_an_earlier_limit() -> None:
+    reranker = HTTPReranker("jina", api_key=KEY)
+    # The key straddles the 300-character cut: masked whole, never cut in two.
+    text = "e" * 295 + KEY + " tail"
+    assert reranker._excerpt(text) == "e" * 295 + "*** t..."
+    # Text that stops inside the key (a read limit) loses that partial key too.
+    assert reranker._excerpt("head " + KEY[:7], complete=False) == "head"
+    # The key as a JSON string echo spells it is masked as well.
+    slashed = HTTPReranker("jina", api_key="sk/ab/cd")
+    assert slashed._excerpt('{"auth": "Bearer sk\\/ab\\/cd"}') == '{"auth": "Bearer ***"}'
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, None])
+def test_max_response_bytes_must_be_a_positive_int(value: object) -> None:
+    with pytest.raises(ValueError, match="max_response_bytes"):
+        HTTPReranker("tei", max_response_bytes=value)  # type: ignore[arg-type]

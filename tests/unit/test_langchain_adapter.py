@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import logging
 from typing import Any
 
 import pytest
@@ -109,3 +111,176 @@ async def test_async_callbacks() -> None:
     r = CrossEncoderReranker(scorer=WordOverlap(), top_n=1)
     await r.acompress_documents(_docs(), QUERY, callbacks=[rec])
     assert rec.events == [("start", QUERY), ("end", ["doc-1"])]
+
+
+# ------------------------------------------------------------------ fields and serialization
+
+
+def test_unknown_fields_are_refused() -> None:
+    from pydantic import ValidationError
+
+    from langchain_rerank import RerankRetriever
+    from tests.fakes import KeywordRetriever
+
+    with pytest.raises(ValidationError, match="top_k"):
+        CrossEncoderReranker(scorer=WordOverlap(), top_k=5)
+    with pytest.raises(ValidationError, match="top_n"):
+        RerankRetriever(
+            base_retriever=KeywordRetriever(documents=_docs()), reranker=WordOverlap(), top_n=2
+        )
+    with pytest.raises(ValidationError, match="score_threshold"):
+        CrossEncoderReranker(scorer=WordOverlap(), score_threshold=float("nan"))
+
+
+def test_dumpd_records_settings_and_the_scorers_identity() -> None:
+    from langchain_core.load import dumpd
+
+    scorer = WordOverlap()
+    record = dumpd(CrossEncoderReranker(scorer=scorer, top_n=2, score_threshold=0.25))
+    assert record["type"] == "constructor"
+    assert record["id"] == ["langchain_rerank", "CrossEncoderReranker"]
+    assert record["kwargs"]["top_n"] == 2
+    assert record["kwargs"]["score_threshold"] == 0.25
+    assert record["kwargs"]["scorer"]["identity"] == scorer.identity()
+    assert record["kwargs"]["scorer"]["model_name"] == "word-overlap"
+    assert json.loads(json.dumps(record)) == record
+
+
+def test_a_serialized_scorer_is_refused_with_a_hint() -> None:
+    from langchain_core.load import dumpd
+
+    kwargs = dumpd(CrossEncoderReranker(scorer=WordOverlap()))["kwargs"]
+    with pytest.raises(ValueError, match=r"from_model"):
+        CrossEncoderReranker(**kwargs)
+
+
+def test_from_model_refuses_a_scorer_and_an_unknown_backend() -> None:
+    with pytest.raises(TypeError, match="scorer="):
+        CrossEncoderReranker.from_model(scorer=WordOverlap())
+    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+        CrossEncoderReranker.from_model(backend="nope")
+
+
+# ------------------------------------------------------------------ policy and empty results
+
+
+async def test_nothing_passes_the_threshold_returns_empty_and_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    r = CrossEncoderReranker(scorer=WordOverlap(), score_threshold=0.9)
+    with caplog.at_level(logging.INFO, logger="langchain_rerank"):
+        assert r.compress_documents(_docs(), QUERY) == []
+        assert await r.acompress_documents(_docs(), QUERY) == []
+    messages = [rec.getMessage() for rec in caplog.records if rec.name.startswith("langchain")]
+    assert len(messages) == 2
+    assert "none of 4 candidates reached score_threshold=0.9" in messages[0]
+    assert "best score 0.75" in messages[0]
+    assert "'probability' scale" in messages[0]
+
+
+def test_an_empty_input_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    r = CrossEncoderReranker(scorer=WordOverlap(), score_threshold=0.9)
+    with caplog.at_level(logging.INFO, logger="langchain_rerank"):
+        assert r.compress_documents([], QUERY) == []
+    assert not [rec for rec in caplog.records if rec.name.startswith("langchain")]
+
+
+# ------------------------------------------------------------------ RerankRetriever
+
+
+def _retriever(**kw: Any) -> tuple[Any, list[Document]]:
+    from langchain_rerank import RerankRetriever
+    from tests.fakes import KeywordRetriever
+
+    docs = _docs()
+    base = KeywordRetriever(documents=docs, k=4)
+    return RerankRetriever(
+        base_retriever=base, reranker=kw.pop("reranker", WordOverlap()), **kw
+    ), docs
+
+
+def test_retriever_returns_the_best_k_as_new_documents() -> None:
+    retriever, docs = _retriever(k=2)
+    before = copy.deepcopy(docs)
+    out = retriever.invoke(QUERY)
+    assert [d.id for d in out] == ["doc-1", "doc-3"]
+    assert [d.metadata["relevance_score"] for d in out] == [0.75, 0.5]
+    assert out[0].metadata["src"] == "ai" and out[0].page_content == docs[1].page_content
+    out[0].metadata["tags"].append("changed")
+    assert docs == before
+    assert [d.id for d in retriever.invoke(QUERY, k=3)] == ["doc-1", "doc-3", "doc-2"]
+    with pytest.raises(ValueError, match="k must be a positive int"):
+        retriever.invoke(QUERY, k=0)
+
+
+def test_retriever_equals_contextual_compression() -> None:
+    pytest.importorskip("langchain_classic")
+    from langchain_classic.retrievers import ContextualCompressionRetriever
+
+    retriever, _ = _retriever(k=3, score_threshold=0.1)
+    ccr = ContextualCompressionRetriever(
+        base_compressor=CrossEncoderReranker(scorer=WordOverlap(), top_n=3, score_threshold=0.1),
+        base_retriever=retriever.base_retriever,
+    )
+    assert retriever.invoke(QUERY) == ccr.invoke(QUERY)
+
+
+async def test_retriever_async_agrees_and_empty_threshold_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    retriever, _ = _retriever(k=3)
+    assert await retriever.ainvoke(QUERY) == retriever.invoke(QUERY)
+    strict, _ = _retriever(k=3, score_threshold=0.8)
+    with caplog.at_level(logging.INFO, logger="langchain_rerank"):
+        assert await strict.ainvoke(QUERY) == []
+    assert any("RerankRetriever: none of 4 candidates" in r.getMessage() for r in caplog.records)
+
+
+class _SyncForbidden(WordOverlap):
+    def rerank(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the async path called the sync rerank")
+
+
+async def test_retriever_ainvoke_uses_the_async_paths() -> None:
+    from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun
+
+    from langchain_rerank import RerankRetriever
+    from tests.fakes import KeywordRetriever
+
+    class AsyncOnly(KeywordRetriever):
+        def _get_relevant_documents(
+            self, query: str, *, run_manager: Any, **kwargs: Any
+        ) -> list[Document]:
+            raise AssertionError("the async path called the sync retriever")
+
+        async def _aget_relevant_documents(
+            self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
+        ) -> list[Document]:
+            return self.documents
+
+    retriever = RerankRetriever(
+        base_retriever=AsyncOnly(documents=_docs()), reranker=_SyncForbidden(), k=1
+    )
+    assert [d.id for d in await retriever.ainvoke(QUERY)] == ["doc-1"]
+
+
+class RunRecorder(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, Any, Any]] = []
+
+    def on_retriever_start(
+        self, serialized: Any, query: str, *, run_id: Any, parent_run_id: Any = None, **kw: Any
+    ) -> None:
+        self.runs.append((kw.get("name") or "", run_id, parent_run_id))
+
+
+async def test_retriever_callbacks_see_the_base_retriever_as_a_child() -> None:
+    retriever, _ = _retriever(k=2)
+    for call in (retriever.invoke, retriever.ainvoke):
+        rec = RunRecorder()
+        result = call(QUERY, config={"callbacks": [rec]})
+        if not isinstance(result, list):
+            await result
+        (outer, outer_id, outer_parent), (inner, _, inner_parent) = rec.runs
+        assert (outer, outer_parent) == ("RerankRetriever", None)
+        assert (inner, inner_parent) == ("KeywordRetriever", outer_id)

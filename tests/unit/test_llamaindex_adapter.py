@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import logging
 from typing import Any
 
 import pytest
@@ -130,3 +132,55 @@ async def test_events_and_callbacks_fire() -> None:
         dispatcher.event_handlers.remove(rec)
     assert cb.events == [("start", CBEventType.RERANKING), ("end", CBEventType.RERANKING)] * 2
     assert rec.names == ["ReRankStartEvent", "ReRankEndEvent"] * 2
+
+
+# ------------------------------------------------------------------ fields and serialization
+
+
+def test_unknown_fields_are_refused() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="top_k"):
+        _post(top_k=5)
+    with pytest.raises(ValidationError, match="score_threshold"):
+        _post(score_threshold=float("inf"))
+
+
+def test_to_dict_and_to_json_describe_the_scorer() -> None:
+    scorer = WordOverlap()
+    post = CrossEncoderRerank(scorer=scorer, top_n=2, score_threshold=0.25)
+    data = post.to_dict()
+    assert data["class_name"] == "CrossEncoderRerank"
+    assert (data["top_n"], data["score_threshold"], data["keep_retrieval_score"]) == (
+        2,
+        0.25,
+        False,
+    )
+    assert data["scorer"]["identity"] == scorer.identity()
+    assert data["scorer"]["model_name"] == "word-overlap"
+    assert json.loads(post.to_json()) == data
+    with pytest.raises(ValueError, match="from_model"):
+        CrossEncoderRerank.from_dict(data)
+
+
+def test_from_model_refuses_a_scorer_and_an_unknown_backend() -> None:
+    with pytest.raises(TypeError, match="scorer="):
+        CrossEncoderRerank.from_model(scorer=WordOverlap())
+    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+        CrossEncoderRerank.from_model(backend="nope")
+
+
+# ------------------------------------------------------------------ policy and empty results
+
+
+async def test_nothing_passes_the_threshold_returns_empty_and_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    post = _post(score_threshold=0.9)
+    with caplog.at_level(logging.INFO, logger="llamaindex_rerank"):
+        assert post.postprocess_nodes(_nodes(), query_str=QUERY) == []
+        assert await post.apostprocess_nodes(_nodes(), query_str=QUERY) == []
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("llamaindex_rerank")]
+    assert len(messages) == 2
+    assert messages[0].startswith("CrossEncoderRerank: none of 4 candidates reached")
+    assert "score_threshold=0.9 (best score 0.75" in messages[0]

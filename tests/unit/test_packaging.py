@@ -10,7 +10,10 @@ from pathlib import Path
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["core", "langchain_rerank", "llamaindex_rerank", "examples"]
+sys.path.insert(0, str(ROOT / "scripts"))
+from packages import package_dirs  # noqa: E402
+
+PACKAGES = package_dirs()
 
 
 def _sources() -> list[Path]:
@@ -48,3 +51,66 @@ def test_library_code_never_prints() -> None:
     library = [p for p in _sources() if "/app/" not in str(p) and "examples" not in p.parts]
     offenders = [str(p) for p in library if re.search(r"^\s*print\(", p.read_text(), re.M)]
     assert offenders == []
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _offenders(files: list[Path], forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(
+        f"{f.relative_to(ROOT)}: {name}"
+        for f in files
+        for name in _imports(f)
+        if name.split(".")[0] in forbidden or name.startswith(forbidden)
+    )
+
+
+def test_arrows_point_one_way() -> None:
+    core = ROOT / "core"
+    library = [p for p in core.rglob("*.py") if "app" not in p.relative_to(core).parts]
+    app = list((core / "app").rglob("*.py"))
+    lc = list((ROOT / "langchain_rerank").rglob("*.py"))
+    li = list((ROOT / "llamaindex_rerank").rglob("*.py"))
+    # The scoring library imports neither the app layer, the adapters, the examples nor a
+    # framework; the app never imports the examples by name (they register their commands
+    # through an entry point); no adapter imports the other.
+    framework = ("langchain_core", "langchain", "llama_index", "chromadb", "fastapi", "typer")
+    assert (
+        _offenders(
+            library,
+            (
+                "rerank_core.app",
+                "rerank_examples",
+                "langchain_rerank",
+                "llamaindex_rerank",
+                *framework,
+            ),
+        )
+        == []
+    )
+    assert _offenders(app, ("rerank_examples",)) == []
+    assert _offenders(lc, ("llamaindex_rerank", "llama_index")) == []
+    assert _offenders(li, ("langchain_rerank", "langchain_core")) == []
+
+
+def test_the_version_is_written_once() -> None:
+    import rerank_core
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" in pyproject["project"]["dynamic"]
+    assert "version" not in pyproject["project"]
+    hits = [
+        str(p.relative_to(ROOT))
+        for p in _sources()
+        if rerank_core.__version__ in p.read_text(encoding="utf-8")
+    ]
+    assert hits == ["core/__init__.py"]

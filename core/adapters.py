@@ -1,0 +1,132 @@
+"""What the framework adapters share, with no framework in sight.
+
+``langchain_rerank`` and ``llamaindex_rerank`` each turn their framework's objects into texts,
+hand them to :meth:`Cut.rerank` (or :meth:`Cut.arerank`) and turn the results back. Everything
+between those two ends lives here once: building the scorer for ``from_model`` through the one
+factory (:func:`rerank_core.registry.load_reranker`), keeping ``top_n`` and ``score_threshold``
+exactly as :meth:`rerank_core.Reranker.rerank` documents them, saying in the log why a threshold
+left nothing, and the JSON-safe description the adapters serialize in place of the live scorer.
+
+This module imports neither LangChain nor LlamaIndex, and neither adapter imports the other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rerank_core.base import Cutoffs, Reranker, RerankResult
+
+__all__ = ["Cut", "check_scorer", "describe_scorer", "from_model_parts"]
+
+
+def from_model_parts(
+    field_names: Collection[str],
+    model: str | os.PathLike[str] | None,
+    backend: str,
+    options: Mapping[str, Any],
+    *,
+    owner: str,
+) -> tuple[Reranker, dict[str, Any]]:
+    """Build the scorer for an adapter's ``from_model`` and return it with the adapter's fields.
+
+    Keyword arguments named like a field of the adapter (``top_n``, ``score_threshold``, ...) are
+    returned for the adapter; every other one goes to
+    :func:`~rerank_core.registry.load_reranker` (``device``, ``batch_size``, ``cache_entries``,
+    ``rerank_window``, ...), whose backend rejects a name it does not know.
+
+    Raises:
+        TypeError: ``scorer`` was given: ``from_model`` builds the scorer itself.
+        ValueError: ``backend`` is not a registered backend.
+    """
+    if "scorer" in options:
+        raise TypeError(
+            f"{owner}.from_model builds the scorer from model and backend; "
+            f"to use an existing one, call {owner}(scorer=...)"
+        )
+    from rerank_core.registry import load_reranker
+
+    fields = {k: v for k, v in options.items() if k in field_names}
+    scorer_options = {k: v for k, v in options.items() if k not in field_names}
+    return load_reranker(model, backend=backend, **scorer_options), fields
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """What an adapter keeps of a ranking: the scorer's :class:`~rerank_core.base.Cutoffs`.
+
+    The adapter asks the scorer for the whole ranking and applies the cut-offs exactly as
+    :meth:`rerank_core.Reranker.rerank` does (threshold, margin, gap, then ``top_n``), so that,
+    when candidates were given and none reaches the threshold, the result is empty and ``log``
+    says so at INFO with the count, the best score, the threshold and the score scale: a
+    threshold on the wrong scale (0.3 against raw logits, say) is the usual reason.
+
+    Attributes:
+        top_n: Keep at most this many; ``None`` keeps all.
+        score_threshold: Drop scored results below this; ``None`` keeps all.
+        owner: The adapter's name, for the log line.
+        log: The adapter's logger.
+        score_margin: Drop scored results more than this below the best score.
+        cut_at_largest_gap: Keep only the scored results above the largest score drop.
+    """
+
+    top_n: int | None
+    score_threshold: float | None
+    owner: str
+    log: logging.Logger
+    score_margin: float | None = None
+    cut_at_largest_gap: bool = False
+
+    def rerank(self, scorer: Reranker, query: str, texts: Sequence[str]) -> list[RerankResult]:
+        """Rank ``texts`` for ``query`` with ``scorer`` and keep what :meth:`keep` keeps."""
+        return self.keep(scorer.rerank(query, texts), scorer.score_scale)
+
+    async def arerank(
+        self, scorer: Reranker, query: str, texts: Sequence[str]
+    ) -> list[RerankResult]:
+        """Async twin of :meth:`rerank`: scoring runs off the event loop (``Reranker.arerank``)."""
+        return self.keep(await scorer.arerank(query, texts), scorer.score_scale)
+
+    def keep(self, ranked: Sequence[RerankResult], scale: str) -> list[RerankResult]:
+        """Apply the cut-offs to a whole ranking whose scores are on ``scale``."""
+        cutoffs = Cutoffs(
+            self.top_n, self.score_threshold, self.score_margin, self.cut_at_largest_gap
+        )
+        why = cutoffs.why_empty(ranked, scale)
+        if why is not None:
+            self.log.info("%s: %s; returning none", self.owner, why)
+        return cutoffs.apply(ranked)
+
+
+def describe_scorer(scorer: Reranker) -> dict[str, Any]:
+    """What an adapter serializes in place of its live scorer: ``describe()`` and ``identity()``.
+
+    The result is plain JSON data (anything else is written as its ``str``), so it survives
+    ``json.dumps``; it says which reranker scored, not how to load it again.
+    """
+    data = {**scorer.describe(), "identity": scorer.identity()}
+    loaded: dict[str, Any] = json.loads(json.dumps(data, default=str))
+    return loaded
+
+
+def check_scorer(value: object, *, owner: str) -> object:
+    """Refuse a serialized description where a live scorer belongs, with a message that helps.
+
+    Used as a "before" validator of the adapters' ``scorer`` field: reloading an adapter from its
+    JSON would otherwise fail with a bare type error.
+
+    Raises:
+        ValueError: ``value`` is a ``dict``.
+    """
+    if isinstance(value, dict):
+        name = value.get("model_name") or value.get("model") or "a reranker"
+        raise ValueError(
+            f"{owner}.scorer must be a rerank_core.Reranker, got a description of {name}: "
+            "serialized adapters record which reranker scored but cannot carry a loaded model; "
+            f"rebuild it with {owner}.from_model(model, backend=...) or {owner}(scorer=...)"
+        )
+    return value

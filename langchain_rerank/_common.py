@@ -1,0 +1,76 @@
+"""What the LangChain compressor and retriever share: documents in and out, and ``dumpd``."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from langchain_core.documents import Document
+from langchain_core.load.serializable import (
+    Serializable,
+    SerializedConstructor,
+    SerializedNotImplemented,
+)
+from pydantic import field_validator
+
+from rerank_core import Reranker, RerankResult
+from rerank_core import adapters as shared
+
+SCORE_KEY = "relevance_score"
+
+
+def texts_of(documents: Sequence[Document]) -> list[str]:
+    """The texts a scorer reads: each document's ``page_content``."""
+    return [d.page_content for d in documents]
+
+
+def to_documents(documents: Sequence[Document], results: list[RerankResult]) -> list[Document]:
+    """New documents in result order, scored ones with ``metadata["relevance_score"]``.
+
+    Each is a copy (metadata deep-copied) keeping ``id``, ``page_content`` and all metadata, so the
+    caller's documents are never changed.
+    """
+    out = []
+    for r in results:
+        doc = documents[r.index]
+        metadata = copy.deepcopy(doc.metadata)
+        if r.score is not None:
+            metadata[SCORE_KEY] = r.score
+        out.append(doc.model_copy(update={"metadata": metadata}))
+    return out
+
+
+class ScorerRecord(Serializable):
+    """``dumpd`` support: the settings, with the scorer's description in place of the live object.
+
+    The record says which reranker scored (its ``describe()`` and ``identity()``); it cannot carry
+    a loaded model, so building the class from it raises a ``ValueError`` that says how to rebuild
+    the scorer instead.
+    """
+
+    #: The field holding the :class:`~rerank_core.Reranker`.
+    scorer_field: ClassVar[str] = "scorer"
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        """``dumpd`` records the settings and the scorer's description."""
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        """The import path users write: ``langchain_rerank``."""
+        return ["langchain_rerank"]
+
+    def to_json(self) -> SerializedConstructor | SerializedNotImplemented:
+        """The constructor record, with the scorer's description in place of the live object."""
+        record = super().to_json()
+        if record["type"] == "constructor":
+            scorer: Reranker = getattr(self, self.scorer_field)
+            record["kwargs"][self.scorer_field] = shared.describe_scorer(scorer)
+        return record
+
+    @field_validator("scorer", "reranker", mode="before", check_fields=False)
+    @classmethod
+    def _live_scorer(cls, value: Any) -> Any:
+        return shared.check_scorer(value, owner=cls.__name__)

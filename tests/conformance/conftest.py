@@ -1,0 +1,54 @@
+"""One reranker of every kind the product ships, built the way users build them.
+
+Every backend of :data:`rerank_core.registry.BACKENDS` is built by :func:`rerank_core.load_reranker`
+on the tiny cross-encoder (local backends) or against a real ``rag-rerank serve`` on 127.0.0.1
+(``http``), plus the caching wrapper. A new backend joins the suite by being registered; one that
+needs another kind of model adds its builder to ``SPECIAL``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rerank_core import Reranker, load_reranker
+from rerank_core.registry import backend_names
+
+#: Backends whose model is not the tiny cross-encoder: name -> builder(request) -> Reranker.
+SPECIAL: dict[str, Callable[[pytest.FixtureRequest], Reranker]] = {}
+
+KINDS = [*backend_names(), "cached"]
+
+
+@pytest.fixture(scope="session")
+def live_server_url(tiny_model_dir: Path) -> Iterator[str]:
+    """``rag-rerank serve``'s app on the tiny model, served by uvicorn on 127.0.0.1."""
+    pytest.importorskip("fastapi")
+    from rerank_core.app.server import ServerSettings, create_app
+    from tests.integration.live_server import running
+
+    scorer = load_reranker(tiny_model_dir, backend="torch", device="cpu")
+    with running(create_app(scorer, settings=ServerSettings(model_name="tiny"))) as (url, _):
+        yield url
+
+
+def build(kind: str, request: pytest.FixtureRequest, **options: Any) -> Reranker:
+    """A reranker of ``kind`` (a backend name, or ``"cached"``) with extra ``options``."""
+    if kind in SPECIAL:
+        return SPECIAL[kind](request)
+    if kind == "http":
+        url = request.getfixturevalue("live_server_url")
+        return load_reranker(backend="http", provider="generic", base_url=url, **options)
+    model = request.getfixturevalue("tiny_model_dir")
+    if kind == "cached":
+        return load_reranker(model, backend="torch", device="cpu", cache_entries=1000, **options)
+    return load_reranker(model, backend=kind, device="cpu", **options)
+
+
+@pytest.fixture(scope="session", params=KINDS)
+def reranker(request: pytest.FixtureRequest) -> Reranker:
+    """Each shipped kind of reranker in turn (built once per session)."""
+    return build(request.param, request)
