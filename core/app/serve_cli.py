@@ -41,10 +41,16 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option(
             None, help="float32, float16, bfloat16 (default: auto; torch backends)."
         ),
-        batch_size: int = typer.Option(32, help="Pairs per forward pass."),
+        batch_size: int = typer.Option(
+            None, min=1, help="Pairs per forward pass (default: the backend's, 32 locally)."
+        ),
         threads: int = typer.Option(
             None, min=1, help="CPU threads of the model (default: one per core)."
         ),
+        provider: str = typer.Option(
+            None, help="With --backend http: the remote API (cohere, jina, tei, generic, ...)."
+        ),
+        base_url: str = typer.Option(None, help="With --backend http: the remote API's URL."),
         max_length: int = typer.Option(None, help="Tokens per pair (default: the model's)."),
         raw_scores: bool = typer.Option(
             False, "--raw-scores", help="Return raw logits instead of probabilities in [0, 1]."
@@ -121,13 +127,20 @@ def register(app: typer.Typer) -> None:
             )
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
-        options: dict[str, Any] = {
+        # Only what was given: each backend keeps its own defaults, and one that does not take
+        # an option says so instead of ignoring it.
+        given = {
+            "device": device,
+            "dtype": dtype,
+            "max_length": max_length,
+            "num_threads": threads,
             "batch_size": batch_size,
-            "normalize": not raw_scores,
-            "chunking": chunking,
+            "normalize": False if raw_scores else None,
+            "chunking": True if chunking else None,
+            "provider": provider,
+            "base_url": base_url,
         }
-        given = {"device": device, "dtype": dtype, "max_length": max_length, "num_threads": threads}
-        options.update({k: v for k, v in given.items() if v is not None})
+        options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         reranker = load_backend(model, _name(backend), options)
         app_ = create_app(reranker, settings=settings)
         typer.echo(
@@ -230,5 +243,7 @@ def load_backend(model: str | None, backend: str, options: dict[str, Any]) -> An
 
     try:
         return load_reranker(model, backend=backend, **options)
-    except TypeError as exc:  # e.g. --device or --dtype with an ONNX backend
+    except TypeError as exc:  # e.g. --dtype with an ONNX backend
         raise typer.BadParameter(f"the {backend} backend does not take that option: {exc}") from exc
+    except ValueError as exc:  # e.g. --backend http without --provider
+        raise typer.BadParameter(str(exc)) from exc

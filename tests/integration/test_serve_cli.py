@@ -36,6 +36,20 @@ def _serve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
 
 
+def _wait_healthy(proc: subprocess.Popen, url: str, log) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise AssertionError(f"server exited: {log.read()[-2000:]}")
+        assert time.monotonic() < deadline, "server did not start"
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+
+
 def test_backend_choices_are_the_registry_list():
     help_text = _serve("--help").stdout
     for name in BACKENDS:
@@ -68,15 +82,7 @@ def test_serve_onnx_int8(tiny_model_dir, tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.seek(0) or log.read()
-            assert time.monotonic() < deadline, "server did not start"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        _wait_healthy(proc, url, log)
         r = httpx.post(f"{url}/v1/rerank", json={"query": QUERY, "documents": DOCS}, timeout=60)
         info = httpx.get(f"{url}/info", timeout=10).json()
     finally:
@@ -90,3 +96,38 @@ def test_serve_onnx_int8(tiny_model_dir, tmp_path):
     assert served == {i: pytest.approx(s, rel=1e-5) for i, s in enumerate(expected)}
     assert info["model_dtype"] == "int8"
     assert code in (0, -signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_serve_http_backend_relays_another_server(tiny_scorer, tmp_path):
+    """``serve --backend http --provider generic --base-url URL``: a server in front of another."""
+    from rerank_core.app.server import ServerSettings, create_app
+    from tests.integration.live_server import running
+
+    expected = tiny_scorer.score(QUERY, DOCS)
+    upstream_app = create_app(tiny_scorer, settings=ServerSettings(api_key=None))
+    with running(upstream_app) as (upstream, _):
+        port = _free_port()
+        log = (tmp_path / "relay.log").open("w+")
+        cmd = [sys.executable, "-m", "rerank_core.app.cli", "serve", "--backend", "http"]
+        cmd += ["--provider", "generic", "--base-url", upstream, "--port", str(port)]
+        env = {**os.environ, "RAG_RERANK_API_KEY": ""}
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_healthy(proc, url, log)
+            body = {"query": QUERY, "documents": DOCS}
+            r = httpx.post(f"{url}/v1/rerank", json=body, timeout=60)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+            log.close()
+    assert r.status_code == 200, r.text
+    served = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+    assert served == {i: pytest.approx(s, rel=1e-5) for i, s in enumerate(expected)}
+
+
+def test_http_backend_without_provider_is_a_usage_error():
+    bad = _serve("--backend", "http")
+    assert bad.returncode == 2
+    assert "provider" in bad.stderr
