@@ -66,9 +66,9 @@ class LoadTestConfig:
     def __post_init__(self) -> None:
         from rerank_core.registry import BACKENDS
 
-        unknown = [b for b in self.backends if b not in BACKENDS]
-        if unknown or not self.backends:
-            raise ValueError(f"backends must be among {list(BACKENDS)}, got {self.backends!r}")
+        local = [name for name, spec in BACKENDS.items() if spec.local]
+        if not self.backends or any(b not in local for b in self.backends):
+            raise ValueError(f"backends must be among {local}, got {self.backends!r}")
         if not self.concurrency or any(c < 1 for c in self.concurrency):
             raise ValueError(f"concurrency must be positive ints, got {self.concurrency!r}")
         bad = [m for m in self.modes if m not in ("batching", "no-batching")]
