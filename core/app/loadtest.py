@@ -1,12 +1,13 @@
 """A bounded, self-stopping load test of the rerank server on 127.0.0.1.
 
-:func:`run_load_test` starts ``rag-rerank serve`` in a subprocess (once per mode: dynamic batching
-on, then off), drives N concurrent async clients, each sending requests of ``documents`` documents
-back to back for a fixed time, and measures throughput, latency percentiles, failures, the mean
-number of requests per model call (from ``/metrics``) and the server's peak memory. A last run
-starts a server with a tiny queue and sends more clients than it can serve, to check that past
-capacity the server answers only 200 or 503 (fast, with ``Retry-After``), stays up, and keeps its
-memory bounded. :func:`write_report` writes ``server_bench.json`` and ``server_bench.md``.
+:func:`run_load_test` starts ``rag-rerank serve`` in a subprocess (once per backend and mode:
+dynamic batching on, then off), drives N concurrent async clients, each sending requests of
+``documents`` documents back to back for a fixed time, and measures throughput, latency
+percentiles, failures, the mean number of requests per model call (from ``/metrics``) and the
+server's peak memory. A last run starts a server with a tiny queue and sends more clients than it
+can serve, to check that past capacity the server answers only 200 or 503 (fast, with
+``Retry-After``), stays up, and keeps its memory bounded. :func:`write_report` writes
+``server_bench.json`` and ``server_bench.md``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class LoadTestConfig:
     """What to run. See ``rag-rerank bench-server --help`` for the meaning of each field."""
 
     model: str | None = None
+    backends: list[str] = field(default_factory=lambda: ["torch"])
     concurrency: list[int] = field(default_factory=lambda: [8, 16, 32])
     documents: int = 50
     duration_s: float = 20.0
@@ -62,6 +64,11 @@ class LoadTestConfig:
     startup_timeout_s: float = 180.0
 
     def __post_init__(self) -> None:
+        from rerank_core.registry import BACKENDS
+
+        local = [name for name, spec in BACKENDS.items() if spec.local]
+        if not self.backends or any(b not in local for b in self.backends):
+            raise ValueError(f"backends must be among {local}, got {self.backends!r}")
         if not self.concurrency or any(c < 1 for c in self.concurrency):
             raise ValueError(f"concurrency must be positive ints, got {self.concurrency!r}")
         bad = [m for m in self.modes if m not in ("batching", "no-batching")]
@@ -119,10 +126,13 @@ def _free_port() -> int:
 class _ServerProcess:
     """``rag-rerank serve`` in a subprocess, stopped with SIGTERM (graceful) on exit."""
 
-    def __init__(self, cfg: LoadTestConfig, *, batching: bool, max_queue: int) -> None:
+    def __init__(
+        self, cfg: LoadTestConfig, *, backend: str, batching: bool, max_queue: int
+    ) -> None:
         self.port = cfg.port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "rerank_core.app.cli", "serve", "--host", "127.0.0.1"]
+        cmd += ["--backend", backend]
         cmd += ["--port", str(self.port), "--max-queue", str(max_queue)]
         cmd += ["--batch-size", str(cfg.batch_size)]
         cmd += ["--batching" if batching else "--no-batching"]
@@ -334,39 +344,50 @@ def run_load_test(
     say = progress or logger.info
     bodies, workload = _load_requests(cfg)
     runs: list[dict[str, Any]] = []
-    for mode in cfg.modes:
-        with _ServerProcess(cfg, batching=mode == "batching", max_queue=cfg.max_queue) as server:
-            for clients in cfg.concurrency:
-                say(f"{mode}: {clients} clients for {cfg.duration_s:g}s ...")
-                result = {"mode": mode, **_measure(server, bodies, clients, cfg)}
-                say(
-                    f"  {result['throughput_rps']} req/s, p50 {result['p50_ms']} ms, "
-                    f"p99 {result['p99_ms']} ms, failed {result['failed']}"
-                )
-                runs.append(result)
+    for backend in cfg.backends:
+        for mode in cfg.modes:
+            with _ServerProcess(
+                cfg, backend=backend, batching=mode == "batching", max_queue=cfg.max_queue
+            ) as server:
+                for clients in cfg.concurrency:
+                    say(f"{backend}, {mode}: {clients} clients for {cfg.duration_s:g}s ...")
+                    measured = _measure(server, bodies, clients, cfg)
+                    result = {"backend": backend, "mode": mode, **measured}
+                    say(
+                        f"  {result['throughput_rps']} req/s, p50 {result['p50_ms']} ms, "
+                        f"p99 {result['p99_ms']} ms, failed {result['failed']}"
+                    )
+                    runs.append(result)
     overload: dict[str, Any] | None = None
     if cfg.overload_clients > 0:
         say(
             f"past capacity: {cfg.overload_clients} clients, queue {cfg.overload_queue}, "
             f"{cfg.duration_s:g}s ..."
         )
-        with _ServerProcess(cfg, batching=True, max_queue=cfg.overload_queue) as server:
+        backend = cfg.backends[0]
+        with _ServerProcess(
+            cfg, backend=backend, batching=True, max_queue=cfg.overload_queue
+        ) as server:
             overload = _measure(server, bodies, cfg.overload_clients, cfg, pause_on_503=0.05)
             import httpx
 
             overload["healthy_after"] = httpx.get(f"{server.url}/health", timeout=10).status_code
             overload["max_queue"] = cfg.overload_queue
+            overload["backend"] = backend
         code = server.proc.returncode
         overload["exit_code"] = code
         # uvicorn re-raises SIGTERM after its graceful shutdown, so -15 is a clean stop too.
         overload["clean_exit"] = code in (0, -signal.SIGTERM)
         say(f"  statuses {overload['statuses']}, peak RSS {overload['peak_rss_mb']} MB")
-    speedup: dict[str, float] = {}
-    for clients in cfg.concurrency:
-        on = [r for r in runs if r["mode"] == "batching" and r["clients"] == clients]
-        off = [r for r in runs if r["mode"] == "no-batching" and r["clients"] == clients]
-        if on and off and off[0]["throughput_rps"]:
-            speedup[str(clients)] = round(on[0]["throughput_rps"] / off[0]["throughput_rps"], 2)
+    speedup: dict[str, dict[str, float]] = {}
+    for backend in cfg.backends:
+        for clients in cfg.concurrency:
+            mine = [r for r in runs if r["backend"] == backend and r["clients"] == clients]
+            on = [r for r in mine if r["mode"] == "batching"]
+            off = [r for r in mine if r["mode"] == "no-batching"]
+            if on and off and off[0]["throughput_rps"]:
+                ratio = round(on[0]["throughput_rps"] / off[0]["throughput_rps"], 2)
+                speedup.setdefault(backend, {})[str(clients)] = ratio
     return {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "workload": workload,
@@ -392,6 +413,7 @@ def _environment(cfg: LoadTestConfig) -> dict[str, Any]:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "server_threads": cfg.threads,
         "model": cfg.model or "bundled default",
+        "backends": list(cfg.backends),
     }
 
 
@@ -403,34 +425,37 @@ def write_report(report: dict[str, Any], output: Path) -> tuple[Path, Path]:
     cfg, env = report["config"], report["environment"]
     threads = f"torch threads {env['server_threads']}, " if env.get("server_threads") else ""
     lines = [
-        f"Load test of `rag-rerank serve` on 127.0.0.1: model {env['model']} on {env['device']}"
+        f"Load test of `rag-rerank serve` on 127.0.0.1: model {env['model']} "
+        f"(backends {', '.join(env['backends'])}) on {env['device']}"
         f"{' (' + env['gpu'] + ')' if env.get('gpu') else ''}, {env['cpu_count']} CPUs, "
         f"{threads}"
         f"{cfg['documents']} documents per request, {cfg['duration_s']:g}s per run after "
         f"{cfg['warmup_s']:g}s warm-up; workload: {report['workload']}.",
         "",
-        "| clients | batching | req/s | docs/s | p50 ms | p99 ms | failed | requests/batch "
-        "| peak RSS MB |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| backend | clients | batching | req/s | docs/s | p50 ms | p99 ms | failed "
+        "| requests/batch | peak RSS MB |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in sorted(report["runs"], key=lambda r: (r["clients"], r["mode"])):
+    order = {b: i for i, b in enumerate(env["backends"])}
+    for r in sorted(report["runs"], key=lambda r: (order[r["backend"]], r["clients"], r["mode"])):
         lines.append(
-            f"| {r['clients']} | {'on' if r['mode'] == 'batching' else 'off'} "
+            f"| {r['backend']} | {r['clients']} | {'on' if r['mode'] == 'batching' else 'off'} "
             f"| {r['throughput_rps']} | {r['docs_per_s']} | {r['p50_ms']} | {r['p99_ms']} "
             f"| {r['failed']} | {r['mean_requests_per_batch']} | {r['peak_rss_mb']} |"
         )
-    if report["batching_speedup"]:
+    for backend, ratios in report["batching_speedup"].items():
         lines += [
             "",
-            "Throughput with batching / without: "
-            + ", ".join(f"{k} clients {v}x" for k, v in report["batching_speedup"].items())
+            f"Throughput with batching / without ({backend}): "
+            + ", ".join(f"{k} clients {v}x" for k, v in ratios.items())
             + ".",
         ]
     o = report.get("overload")
     if o:
         lines += [
             "",
-            f"Past capacity ({o['clients']} clients, queue of {o['max_queue']}): statuses "
+            f"Past capacity ({o['backend']}, {o['clients']} clients, queue of {o['max_queue']}): "
+            "statuses "
             f"{o['statuses']} over {o['requests']} requests, p99 of 503 answers "
             f"{o['p99_503_ms']} ms, peak server RSS {o['peak_rss_mb']} MB, /health after: "
             f"{o['healthy_after']}, graceful stop on SIGTERM: {'yes' if o['clean_exit'] else 'no'} "

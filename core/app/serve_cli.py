@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import enum
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+from rerank_core.registry import BACKENDS
+
+# The choices of ``--backend`` are the registry's own list, so a new backend is servable at once.
+if TYPE_CHECKING:
+    BackendName = str
+else:
+    BackendName = enum.Enum("BackendName", {name: name for name in BACKENDS}, type=str)
+
+
+def _name(backend: object) -> str:
+    return str(getattr(backend, "value", backend))
 
 
 def register(app: typer.Typer) -> None:
@@ -16,19 +30,34 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option(
             None, "--model", "-m", help="Hugging Face id or local folder (default: bundled model)."
         ),
+        backend: BackendName = typer.Option(
+            "torch", "--backend", "-b", help="How the model runs (onnx-int8 is the fastest on CPU)."
+        ),
         host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 for all)."),
         port: int = typer.Option(8000, help="TCP port."),
-        device: str = typer.Option(None, help="cuda, cuda:1, mps or cpu (default: best)."),
-        dtype: str = typer.Option(None, help="float32, float16, bfloat16 (default: auto)."),
-        batch_size: int = typer.Option(32, help="Pairs per forward pass."),
-        threads: int = typer.Option(
-            None, min=1, help="CPU threads of the model (default: torch's, one per core)."
+        device: str = typer.Option(
+            None, help="cuda, cuda:1, mps or cpu (default: best; torch backends)."
         ),
+        dtype: str = typer.Option(
+            None, help="float32, float16, bfloat16 (default: auto; torch backends)."
+        ),
+        batch_size: int = typer.Option(
+            None, min=1, help="Pairs per forward pass (default: the backend's, 32 locally)."
+        ),
+        threads: int = typer.Option(
+            None, min=1, help="CPU threads of the model (default: one per core)."
+        ),
+        provider: str = typer.Option(
+            None, help="With --backend http: the remote API (cohere, jina, tei, generic, ...)."
+        ),
+        base_url: str = typer.Option(None, help="With --backend http: the remote API's URL."),
         max_length: int = typer.Option(None, help="Tokens per pair (default: the model's)."),
         raw_scores: bool = typer.Option(
             False, "--raw-scores", help="Return raw logits instead of probabilities in [0, 1]."
         ),
-        model_name: str = typer.Option(None, help="Model name reported in responses."),
+        model_name: str = typer.Option(
+            None, help="Model name reported in responses (default: the model id or folder name)."
+        ),
         batching: bool = typer.Option(
             True, "--batching/--no-batching", help="Score concurrent requests together."
         ),
@@ -39,6 +68,12 @@ def register(app: typer.Typer) -> None:
         max_document_chars: int = typer.Option(32_000, help="Most characters per document."),
         max_request_chars: int = typer.Option(2_000_000, help="Most characters per request."),
         max_body_bytes: int = typer.Option(8 * 1024 * 1024, help="Largest request body."),
+        header_timeout: float = typer.Option(
+            10.0, help="Seconds a client may take to send its headers (then 408)."
+        ),
+        body_timeout: float = typer.Option(
+            60.0, help="Seconds a client may take to send its body (then 408)."
+        ),
         exact_usage: bool = typer.Option(
             False, help="Count usage tokens with the tokenizer (slower) instead of estimating."
         ),
@@ -51,6 +86,11 @@ def register(app: typer.Typer) -> None:
         graceful_timeout: int = typer.Option(
             30, help="Seconds to let in-flight requests finish on shutdown."
         ),
+        drain_delay: float = typer.Option(
+            0.0,
+            help="On shutdown, keep answering /health with 503 for at least this many seconds "
+            "before closing the port (lets load balancers notice).",
+        ),
         access_log: bool = typer.Option(False, help="Log every request (uvicorn access log)."),
         chunking: bool = typer.Option(
             False,
@@ -61,50 +101,58 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve a reranker over HTTP (Cohere /v1 and /v2, Jina, SiliconFlow and TEI APIs)."""
         try:
-            import uvicorn
+            import uvicorn  # noqa: F401
         except ImportError as exc:
             raise ImportError(
                 "rag-rerank serve needs uvicorn: pip install 'rag-rerank[server]'"
             ) from exc
-        from rerank_core import CrossEncoderScorer
-        from rerank_core.app.server import ServerSettings, create_app
+        from rerank_core.app.server import ServerSettings, create_app, run_server
 
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
-        settings = ServerSettings(
-            model_name=model_name,
-            max_documents=max_documents,
-            max_document_chars=max_document_chars,
-            max_request_chars=max_request_chars,
-            max_body_bytes=max_body_bytes,
-            batching=batching,
-            max_batch_tokens=max_batch_tokens,
-            max_wait_ms=max_wait_ms,
-            max_queue=max_queue,
-            exact_usage=exact_usage,
-            api_key=api_key or None,
-        )
-        scorer = CrossEncoderScorer(
-            model,
-            device=device,
-            dtype=dtype,
-            batch_size=batch_size,
-            max_length=max_length,
-            normalize=not raw_scores,
-            chunking=chunking,
-        )
+        try:
+            settings = ServerSettings(
+                model_name=model_name,
+                max_documents=max_documents,
+                max_document_chars=max_document_chars,
+                max_request_chars=max_request_chars,
+                max_body_bytes=max_body_bytes,
+                batching=batching,
+                max_batch_tokens=max_batch_tokens,
+                max_wait_ms=max_wait_ms,
+                max_queue=max_queue,
+                exact_usage=exact_usage,
+                header_timeout_s=header_timeout,
+                body_timeout_s=body_timeout,
+                drain_delay_s=drain_delay,
+                api_key=api_key or None,
+            )
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        # Only what was given: each backend keeps its own defaults, and one that does not take
+        # an option says so instead of ignoring it.
+        given = {
+            "device": device,
+            "dtype": dtype,
+            "max_length": max_length,
+            "num_threads": threads,
+            "batch_size": batch_size,
+            "normalize": False if raw_scores else None,
+            "chunking": True if chunking else None,
+            "provider": provider,
+            "base_url": base_url,
+        }
+        options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        reranker = load_backend(model, _name(backend), options)
+        app_ = create_app(reranker, settings=settings)
         typer.echo(
-            f"serving {scorer.model_name} on http://{host}:{port} "
-            f"({scorer.device}, batching {'on' if batching else 'off'}, "
+            f"serving {app_.state.rerank_control.model_name} with the {_name(backend)} backend on "
+            f"http://{host}:{port} (batching {'on' if batching else 'off'}, "
             f"auth {'on' if settings.api_key else 'off'}); docs at /docs"
         )
-        uvicorn.run(
-            create_app(scorer, settings=settings),
+        run_server(
+            app_,
             host=host,
             port=port,
-            timeout_graceful_shutdown=graceful_timeout,
+            graceful_timeout_s=graceful_timeout,
             access_log=access_log,
             log_level="info",
         )
@@ -113,6 +161,12 @@ def register(app: typer.Typer) -> None:
     def bench_server_command(
         output: Path = typer.Option(..., "--output", "-o", help="Folder for JSON and Markdown."),
         model: str = typer.Option(None, "--model", "-m", help="Model to serve (default bundled)."),
+        backends: list[BackendName] = typer.Option(
+            ["torch"],
+            "--backend",
+            "-b",
+            help="Backend of the served model; repeat to compare backends in one report.",
+        ),
         concurrency: list[int] = typer.Option(
             [8, 16, 32], "--concurrency", "-c", help="Concurrent clients; repeat."
         ),
@@ -142,7 +196,11 @@ def register(app: typer.Typer) -> None:
             "past capacity, one model thread.",
         ),
     ) -> None:
-        """Load-test the server on 127.0.0.1: throughput and latency with batching on and off."""
+        """Load-test the server on 127.0.0.1: throughput and latency with batching on and off.
+
+        With several ``--backend`` values every backend is served and measured in turn, under the
+        same workload, in one report.
+        """
         from rerank_core.app.loadtest import LoadTestConfig, run_load_test, write_report
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -157,6 +215,7 @@ def register(app: typer.Typer) -> None:
             try:
                 cfg = LoadTestConfig(
                     model=model,
+                    backends=[_name(b) for b in dict.fromkeys(backends)],
                     concurrency=list(concurrency),
                     documents=documents,
                     duration_s=duration,
@@ -176,3 +235,15 @@ def register(app: typer.Typer) -> None:
         json_path, md_path = write_report(report, output)
         typer.echo(md_path.read_text(encoding="utf-8"))
         typer.echo(f"wrote {json_path} and {md_path}")
+
+
+def load_backend(model: str | None, backend: str, options: dict[str, Any]) -> Any:
+    """Build the reranker through the registry; an option the backend lacks is a usage error."""
+    from rerank_core.registry import load_reranker
+
+    try:
+        return load_reranker(model, backend=backend, **options)
+    except TypeError as exc:  # e.g. --dtype with an ONNX backend
+        raise typer.BadParameter(f"the {backend} backend does not take that option: {exc}") from exc
+    except ValueError as exc:  # e.g. --backend http without --provider
+        raise typer.BadParameter(str(exc)) from exc

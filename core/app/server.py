@@ -4,9 +4,16 @@
 
 - ``POST /v1/rerank``: Cohere v1 / Jina / SiliconFlow request and response shape.
 - ``POST /v2/rerank``: Cohere v2 shape (what ``cohere.ClientV2.rerank`` sends).
-- ``POST /rerank``: Hugging Face text-embeddings-inference (TEI) shape.
+- ``POST /rerank``: Hugging Face text-embeddings-inference (TEI) shape; ``GET /info`` answers
+  TEI's model description, so TEI clients (``tei-client``) work unchanged.
 - ``GET /health``: liveness and readiness for orchestrators; ``GET /metrics``: Prometheus text.
-- ``GET /docs`` and ``GET /openapi.json``: the OpenAPI description.
+- ``GET /docs`` and ``GET /openapi.json``: the OpenAPI description, which states every rule the
+  server enforces (non-blank query, at least one document, the size limits, the bearer scheme
+  when an API key is set).
+
+Every error, whatever raised it (a bad field, malformed JSON, an unknown path, a wrong method, a
+size limit, a slow client), is answered as JSON ``{"message", "error_type", "limit"?}`` with a 4xx
+status (5xx only for a failed model call or a draining server).
 
 Requests are validated and checked against the limits on the event loop, then queued in a bounded
 queue. One batching worker takes every request waiting (up to a token budget, waiting a few
@@ -14,30 +21,42 @@ milliseconds for more), scores all their pairs with one :meth:`~rerank_core.Rera
 call in a worker thread, and answers each request separately. A full queue answers 503 with
 ``Retry-After`` at once, so clients back off instead of timing out.
 
+:func:`run_server` serves the app with uvicorn, adding what uvicorn leaves out: a deadline for a
+request's headers (slow clients do not hold sockets forever) and a drain on SIGTERM during which
+the listening socket stays open, ``/health`` answers 503 ``draining`` and in-flight requests
+finish.
+
 Requires the ``server`` extra: ``pip install 'rag-rerank[server]'``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
+import json
 import logging
 import math
 import os
 import time
+import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from rerank_core.base import Pair, Reranker
+from rerank_core.validation import check_number, check_positive_int, check_text
 
 try:
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
+    from fastapi.openapi.utils import get_openapi
     from fastapi.responses import JSONResponse, Response
+    from fastapi.routing import APIRoute
     from prometheus_client import (
         CONTENT_TYPE_LATEST,
         CollectorRegistry,
@@ -46,7 +65,16 @@ try:
         Histogram,
         generate_latest,
     )
-    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
+    from pydantic import (
+        BaseModel,
+        ConfigDict,
+        Field,
+        StrictBool,
+        StrictInt,
+        StrictStr,
+        field_validator,
+    )
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "the rerank server needs FastAPI, uvicorn and prometheus-client: "
@@ -54,17 +82,20 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 if TYPE_CHECKING:
+    import uvicorn
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["API_KEY_ENV", "ServerSettings", "create_app"]
+__all__ = ["API_KEY_ENV", "ServerSettings", "build_server", "create_app", "run_server"]
 
 #: Environment variable holding the bearer token clients must send (auth is off when unset).
 API_KEY_ENV = "RAG_RERANK_API_KEY"
 
 _RERANK_PATHS = frozenset({"/v1/rerank", "/v2/rerank", "/rerank"})
-_METRIC_PATHS = _RERANK_PATHS | {"/health", "/metrics", "/docs", "/openapi.json"}
+_METRIC_PATHS = _RERANK_PATHS | {"/health", "/info", "/metrics", "/docs", "/openapi.json"}
+#: Deepest nesting of arrays and objects accepted in a request body.
+MAX_JSON_DEPTH = 64
 
 
 def _api_key_from_env() -> str | None:
@@ -73,12 +104,14 @@ def _api_key_from_env() -> str | None:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """Limits, batching and auth of the rerank server.
+    """Limits, batching, timeouts and auth of the rerank server.
 
     Attributes:
-        model_name: Name reported in responses and ``/health``; ``None`` uses the reranker's
-            ``model_name``. The ``model`` field of requests is accepted and not checked (one
-            server serves one model), as TEI and infinity do.
+        model_name: Name reported in responses, ``/health`` and ``/info``; ``None`` uses the
+            reranker's ``model_name`` shortened to its last path component when it is a local
+            folder (the server never shows where the model lives on disk). The ``model`` field of
+            requests is accepted and not checked (one server serves one model), as TEI and
+            infinity do.
         max_documents: Most documents in one request (413 above it).
         max_document_chars: Most characters in one document, and in the query (413 above it).
         max_request_chars: Most characters in one request, query and documents together (413).
@@ -95,9 +128,20 @@ class ServerSettings:
         exact_usage: Count the ``usage`` tokens with the model's tokenizer (when the reranker
             has ``count_tokens``) instead of estimating them from characters. Exact counting
             tokenizes every pair a second time, which costs throughput on fast models.
+        header_timeout_s: Most seconds a client may take to send a request's headers, counted
+            from the connection (or from the first byte of a later request on a kept-alive
+            one); past it the server answers 408 and closes the connection. Applied by
+            :func:`run_server`.
+        body_timeout_s: Most seconds a client may take to send a request's body once its
+            headers arrived; past it the answer is 408 (``limit: body_timeout_s``) and the
+            connection is closed.
+        drain_delay_s: On shutdown, keep accepting connections for at least this long (answering
+            ``/health`` with 503 ``draining`` and new rerank requests with 503) so load balancers
+            that poll ``/health`` stop routing here; the drain lasts longer while requests are
+            still being scored (up to the graceful-shutdown timeout).
         api_key: Bearer token required on the rerank endpoints; default: the
             ``RAG_RERANK_API_KEY`` environment variable; ``None`` or empty turns auth off.
-            ``/health``, ``/metrics`` and the docs stay open for orchestrators.
+            ``/health``, ``/info``, ``/metrics`` and the docs stay open for orchestrators.
     """
 
     model_name: str | None = None
@@ -111,6 +155,9 @@ class ServerSettings:
     max_queue: int = 256
     retry_after_s: int = 1
     exact_usage: bool = False
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    drain_delay_s: float = 0.0
     api_key: str | None = field(default_factory=_api_key_from_env, repr=False)
 
     def __post_init__(self) -> None:
@@ -123,19 +170,26 @@ class ServerSettings:
             "max_queue",
             "retry_after_s",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ServerSettings.{name} must be a positive int, got {value!r}")
-        wait = self.max_wait_ms
-        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
-            raise ValueError(f"ServerSettings.max_wait_ms must be a number >= 0, got {wait!r}")
+            check_positive_int(f"ServerSettings.{name}", getattr(self, name), allow_none=False)
+        for name in ("max_wait_ms", "drain_delay_s"):
+            check_number(f"ServerSettings.{name}", getattr(self, name), minimum=0, allow_none=False)
+        for name in ("header_timeout_s", "body_timeout_s"):
+            value = check_number(
+                f"ServerSettings.{name}", getattr(self, name), minimum=0, allow_none=False
+            )
+            if not value:
+                raise ValueError(f"ServerSettings.{name} must be above 0, got {value!r}")
 
 
 # ------------------------------------------------------------------------------- errors
 
 
-class _HTTPError(Exception):
-    """An error answered as JSON: ``{"message", "error_type", "limit"?}``."""
+class _HTTPError(HTTPException):
+    """An error answered as JSON: ``{"message", "error_type", "limit"?}``.
+
+    A subclass of FastAPI's ``HTTPException`` so that FastAPI lets it through unchanged when it
+    is raised while the body is parsed.
+    """
 
     def __init__(
         self,
@@ -146,12 +200,11 @@ class _HTTPError(Exception):
         limit: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(status, message, headers)
         self.status = status
         self.message = message
         self.error_type = error_type
         self.limit = limit
-        self.headers = headers
 
     def response(self) -> JSONResponse:
         body: dict[str, Any] = {"message": self.message, "error_type": self.error_type}
@@ -162,6 +215,10 @@ class _HTTPError(Exception):
 
 def _limit_error(limit: str, message: str) -> _HTTPError:
     return _HTTPError(413, message, "limit_exceeded", limit=limit)
+
+
+def _invalid(message: str) -> _HTTPError:
+    return _HTTPError(400, message, "invalid_request")
 
 
 def _describe_validation(errors: Sequence[Any]) -> str:
@@ -177,12 +234,167 @@ def _describe_validation(errors: Sequence[Any]) -> str:
             return "request body is required (a JSON object)"
         where = ".".join(loc) or "body"
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-        parts.append(msg if msg.startswith(f"{where}[") else f"{where}: {msg}")
+        parts.append(msg if msg.startswith(where.split(".")[0]) else f"{where}: {msg}")
     more = len(errors) - len(parts)
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
+# ------------------------------------------------------------------------------- strict JSON
+
+
+class _BadConstant(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _BadConstant(name)
+
+
+def _parse_json(body: bytes) -> Any:
+    """Parse a request body as strict JSON (RFC 8259) or raise a 400 naming the problem.
+
+    Python's parser accepts ``NaN`` and ``Infinity``, which no JSON encoder can write back; it
+    raises ``RecursionError`` on deep nesting and ``ValueError`` on integers over 4,300 digits.
+    Each of those, invalid UTF-8, too deep nesting and a lone surrogate anywhere in the body
+    becomes a 400 here instead of a 500 later.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _invalid(
+            f"request body is not valid UTF-8 (byte {exc.start}): send JSON encoded as UTF-8"
+        ) from None
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except _BadConstant as exc:
+        raise _invalid(
+            f"malformed JSON in request body: {exc} is not a JSON value (send null or a number)"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise _invalid(f"malformed JSON in request body: {exc}") from None
+    except RecursionError:
+        raise _invalid(f"request body is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    except ValueError as exc:  # an integer literal longer than Python's digit limit
+        raise _invalid(f"request body holds a number that cannot be read: {exc}") from None
+    _check_json_value(value)
+    return value
+
+
+def _check_json_value(root: Any) -> None:
+    """Refuse nesting deeper than :data:`MAX_JSON_DEPTH` and strings that are not valid text."""
+    stack: list[tuple[str, Any, int]] = [("body", root, 0)]
+    while stack:
+        where, value, depth = stack.pop()
+        if isinstance(value, str):
+            _check_str(where, value)
+        elif isinstance(value, (dict, list)):
+            if depth >= MAX_JSON_DEPTH:
+                raise _invalid(f"request body is nested more than {MAX_JSON_DEPTH} levels deep")
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    _check_str(f"{where} key", key)
+                    name = key if where == "body" else f"{where}.{key}"
+                    stack.append((name, item, depth + 1))
+            else:
+                stack.extend((f"{where}[{i}]", item, depth + 1) for i, item in enumerate(value))
+
+
+def _check_str(where: str, value: str) -> None:
+    try:
+        check_text(where, value)
+    except ValueError as exc:
+        raise _invalid(str(exc)) from None
+
+
+class _JSONRequest(Request):
+    """A request whose :meth:`json` is :func:`_parse_json`."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = _parse_json(await self.body())
+        return self._json
+
+
+class _JSONRoute(APIRoute):
+    """Route that parses bodies with :func:`_parse_json` (FastAPI's custom-request pattern)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            return await handler(_JSONRequest(request.scope, request.receive))
+
+        return route
+
+
 # ------------------------------------------------------------------------------- request models
+
+
+@functools.cache
+def _visible_pattern() -> str:
+    r"""A regular expression matching one character that :func:`is_blank` calls visible.
+
+    Written out as explicit ranges (not ``\s``), because regex dialects disagree on what
+    whitespace is; astral characters are written literally, which Python, Rust and JavaScript
+    (with the ``u`` flag) all read the same way.
+    """
+    ranges: list[list[int]] = []
+    for cp in range(0x110000):
+        ch = chr(cp)
+        if ch.isspace() or unicodedata.category(ch) == "Cf":
+            if ranges and ranges[-1][1] == cp - 1:
+                ranges[-1][1] = cp
+            else:
+                ranges.append([cp, cp])
+
+    def esc(cp: int) -> str:
+        return f"\\u{cp:04x}" if cp <= 0xFFFF else chr(cp)
+
+    return "[^" + "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges) + "]"
+
+
+def _query_schema(schema: dict[str, Any]) -> None:
+    schema["pattern"] = _visible_pattern()
+
+
+def _integral(value: Any) -> Any:
+    # JSON has one number type: 5.0 is the integer 5 (JSON Schema agrees), true is not.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _check_query(value: Any) -> Any:
+    if isinstance(value, str):
+        check_text("query", value, allow_blank=False)
+    return value
+
+
+def _document_error(i: int, doc: Any) -> str | None:
+    if isinstance(doc, str) or (isinstance(doc, dict) and isinstance(doc.get("text"), str)):
+        return None
+    if isinstance(doc, dict):
+        return f"documents[{i}] is an object without a string 'text' field"
+    return (
+        f"documents[{i}] must be a string or an object with a string 'text' field, "
+        f"got {type(doc).__name__}"
+    )
+
+
+def _check_document_list(value: Any, *, single: bool) -> Any:
+    if single and isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        kinds = "a string, or a list of strings or {'text': ...} objects"
+        what = kinds if single else "a list of strings or {'text': ...} objects"
+        raise ValueError(f"documents must be {what}, got {value!r:.60}")
+    if not value:
+        raise ValueError("documents must not be empty: send at least one document")
+    for i, doc in enumerate(value):
+        problem = _document_error(i, doc)
+        if problem:
+            raise ValueError(problem)
+    return value
 
 
 class TextDocument(BaseModel):
@@ -193,97 +405,91 @@ class TextDocument(BaseModel):
     text: StrictStr = Field(description="The text to score.")
 
 
-def _check_documents(value: Any) -> Any:
-    if not isinstance(value, list):
-        raise ValueError(f"must be a list of strings or {{'text': ...}} objects, got {value!r:.60}")
-    if not value:
-        raise ValueError("must not be empty: send at least one document")
-    for i, doc in enumerate(value):
-        if isinstance(doc, str):
-            continue
-        if isinstance(doc, dict) and isinstance(doc.get("text"), str):
-            continue
-        if isinstance(doc, dict):
-            raise ValueError(f"documents[{i}] is an object without a string 'text' field")
-        raise ValueError(
-            f"documents[{i}] must be a string or an object with a string 'text' field, "
-            f"got {type(doc).__name__}"
-        )
-    return value
-
-
-def _check_query(value: Any) -> Any:
-    if isinstance(value, str) and not value.strip():
-        raise ValueError("must be a non-empty string")
-    return value
-
-
-def _check_top_n(value: Any) -> Any:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"must be a positive integer, got {value!r}")
-    return value
+_Query = Annotated[
+    StrictStr,
+    Field(
+        min_length=1,
+        description="The search query: at least one visible character (whitespace and "
+        "zero-width characters alone are refused).",
+        json_schema_extra=_query_schema,
+    ),
+]
+_TopN = Annotated[
+    StrictInt | None,
+    Field(description="Return only the best N results; default all.", ge=1),
+]
+_DocumentList = Annotated[list[StrictStr | TextDocument], Field(min_length=1)]
 
 
 class RerankRequestV1(BaseModel):
     """``POST /v1/rerank`` body (Cohere v1, Jina and SiliconFlow clients send this shape)."""
 
     model: StrictStr | None = Field(None, description="Accepted for compatibility; not checked.")
-    query: StrictStr = Field(description="The search query.")
-    documents: list[StrictStr | TextDocument] = Field(
-        description="Candidate texts, as strings or objects with a `text` field."
+    query: _Query
+    documents: _DocumentList | StrictStr = Field(
+        description="Candidate texts, as strings or objects with a `text` field; a single "
+        "string is one document (SiliconFlow's `string | array`)."
     )
-    top_n: int | None = Field(None, description="Return only the best N results; default all.")
+    top_n: _TopN = None
     return_documents: StrictBool | None = Field(
         None, description="Include each document in its result (default false)."
     )
-    rank_fields: list[StrictStr] | None = Field(
-        None, description="Only `['text']` is supported: the `text` field is what is scored."
+    rank_fields: Annotated[list[Literal["text"]], Field(min_length=1, max_length=1)] | None = Field(
+        None, description="Only `['text']`: the `text` field is what is scored."
     )
-    max_chunks_per_doc: int | None = Field(
+    max_chunks_per_doc: StrictInt | None = Field(
         None,
+        ge=1,
         description="Accepted for compatibility; the server truncates long documents, or "
         "chunks them when started with --chunking.",
     )
 
-    _documents = field_validator("documents", mode="before")(_check_documents)
     _query = field_validator("query", mode="before")(_check_query)
-    _top_n = field_validator("top_n", mode="before")(_check_top_n)
+    _ints = field_validator("top_n", "max_chunks_per_doc", mode="before")(_integral)
 
-    @field_validator("rank_fields")
+    @field_validator("documents", mode="before")
     @classmethod
-    def _only_text(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and value != ["text"]:
-            raise ValueError(f"only ['text'] is supported, got {value!r}")
-        return value
+    def _documents(cls, value: Any) -> Any:
+        return _check_document_list(value, single=True)
 
 
 class RerankRequestV2(BaseModel):
     """``POST /v2/rerank`` body (Cohere v2: ``cohere.ClientV2.rerank``)."""
 
     model: StrictStr | None = Field(None, description="Accepted for compatibility; not checked.")
-    query: StrictStr = Field(description="The search query.")
-    documents: list[StrictStr | TextDocument] = Field(description="Candidate texts.")
-    top_n: int | None = Field(None, description="Return only the best N results; default all.")
-    max_tokens_per_doc: int | None = Field(
-        None, description="Accepted; documents are truncated to the model's window."
+    query: _Query
+    documents: _DocumentList = Field(description="Candidate texts.")
+    top_n: _TopN = None
+    max_tokens_per_doc: StrictInt | None = Field(
+        None,
+        ge=1,
+        description="Truncate each document to this many tokens (the model's tokenizer's) "
+        "before scoring, as Cohere does. Servers whose reranker has no tokenizer refuse it.",
     )
 
-    _documents = field_validator("documents", mode="before")(_check_documents)
     _query = field_validator("query", mode="before")(_check_query)
-    _top_n = field_validator("top_n", mode="before")(_check_top_n)
+    _ints = field_validator("top_n", "max_tokens_per_doc", mode="before")(_integral)
+
+    @field_validator("documents", mode="before")
+    @classmethod
+    def _documents(cls, value: Any) -> Any:
+        return _check_document_list(value, single=False)
 
 
 class RerankRequestTEI(BaseModel):
     """``POST /rerank`` body (Hugging Face text-embeddings-inference)."""
 
-    query: StrictStr = Field(description="The search query.")
-    texts: list[StrictStr] = Field(description="Candidate texts.")
+    query: _Query
+    texts: Annotated[list[StrictStr], Field(min_length=1)] = Field(description="Candidate texts.")
     raw_scores: StrictBool = Field(
         False, description="Raw logits instead of sigmoid probabilities."
     )
     return_text: StrictBool = Field(False, description="Include each text in its result.")
     truncate: StrictBool | None = Field(
         None, description="Accepted; texts are always truncated to the model's window."
+    )
+    truncation_direction: Literal["Right"] = Field(
+        "Right", description="Only `Right`: a long text keeps its beginning."
     )
 
     _query = field_validator("query", mode="before")(_check_query)
@@ -292,12 +498,14 @@ class RerankRequestTEI(BaseModel):
     @classmethod
     def _texts(cls, value: Any) -> Any:
         if isinstance(value, list) and not value:
-            raise ValueError("must not be empty: send at least one text")
+            raise ValueError("texts must not be empty: send at least one text")
         return value
 
 
 class ResultDocument(BaseModel):
-    """The document echoed in a result."""
+    """The document echoed in a result (an object document comes back with all its fields)."""
+
+    model_config = ConfigDict(extra="allow")
 
     text: str
 
@@ -335,18 +543,61 @@ class RerankResultTEI(BaseModel):
     text: str | None = None
 
 
+class Health(BaseModel):
+    """``/health`` answer."""
+
+    status: Literal["ok", "draining", "down"]
+    model: str
+    score_scale: str
+    batching: bool
+    queue_depth: int
+    queue_capacity: int
+
+
+class TEIClassifierModel(BaseModel):
+    """TEI's description of a classifier or reranker head."""
+
+    id2label: dict[str, str]
+    label2id: dict[str, int]
+
+
+class TEIInfo(BaseModel):
+    """``/info`` answer, in TEI's shape."""
+
+    model_id: str
+    model_sha: str | None
+    model_dtype: str
+    model_type: dict[Literal["reranker"], TEIClassifierModel]
+    max_concurrent_requests: int
+    max_input_length: int
+    max_batch_tokens: int
+    max_batch_requests: int | None
+    max_client_batch_size: int
+    auto_truncate: bool
+    tokenization_workers: int
+    version: str
+    sha: str | None
+    docker_label: str | None
+
+
 class ErrorBody(BaseModel):
     """Every error answer."""
 
     message: str = Field(description="What was wrong and what to do.")
-    error_type: str = Field(description="invalid_request, limit_exceeded, unauthorized, ...")
+    error_type: str = Field(
+        description="invalid_request, limit_exceeded, unauthorized, not_found, "
+        "method_not_allowed, unsupported_media_type, timeout, overloaded, unavailable, internal"
+    )
     limit: str | None = Field(None, description="The setting that was exceeded, if any.")
 
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Malformed JSON or invalid fields."},
     401: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
+    408: {"model": ErrorBody, "description": "The body was not received in time."},
     413: {"model": ErrorBody, "description": "Over a size limit (named in `limit`)."},
+    415: {"model": ErrorBody, "description": "A Content-Encoding other than identity."},
+    500: {"model": ErrorBody, "description": "The model call failed."},
     503: {"model": ErrorBody, "description": "Queue full or shutting down; see Retry-After."},
 }
 
@@ -412,6 +663,35 @@ def _estimate_tokens(text: str) -> int:
     return (chars - wide) // 4 + wide + 1
 
 
+class _TokenTruncator:
+    """Cut texts to their first N tokens of a Hugging Face tokenizer, keeping the text as sent.
+
+    A fast tokenizer's offsets give the exact character where token N ends, so the kept text is
+    a prefix of the original; a slow tokenizer's first N tokens are decoded instead.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, texts: list[str], limit: int) -> list[str]:
+        tok = self.tokenizer
+        limit = min(limit, 1 << 30)  # no body holds more tokens; larger overflows the tokenizer
+        kwargs: dict[str, Any] = {"add_special_tokens": False}
+        if getattr(tok, "truncation_side", "right") == "right":
+            kwargs.update(truncation=True, max_length=limit + 1)  # +1: tell "exactly N" from "more"
+        if getattr(tok, "is_fast", False):
+            offsets = tok(texts, return_offsets_mapping=True, **kwargs)["offset_mapping"]
+            return [
+                text if len(spans) <= limit else text[: spans[limit - 1][1]]
+                for text, spans in zip(texts, offsets, strict=True)
+            ]
+        ids = tok(texts, **kwargs)["input_ids"]
+        return [
+            text if len(row) <= limit else tok.decode(row[:limit])
+            for text, row in zip(texts, ids, strict=True)
+        ]
+
+
 class _QueueFull(Exception):
     pass
 
@@ -425,17 +705,25 @@ class _Job:
     pairs: list[Pair]
     cost: int
     future: asyncio.Future[tuple[list[float], list[int]]]
+    max_doc_tokens: int | None = None
 
 
 class _Batcher:
     """One worker that merges queued requests into model calls and answers each one."""
 
-    def __init__(self, reranker: Reranker, settings: ServerSettings, metrics: _Metrics) -> None:
+    def __init__(
+        self,
+        reranker: Reranker,
+        settings: ServerSettings,
+        metrics: _Metrics,
+        truncator: _TokenTruncator | None,
+    ) -> None:
         self.reranker = reranker
         self.settings = settings
         self.metrics = metrics
+        self.truncator = truncator
         window = getattr(reranker, "max_length", None)
-        self._window = window if isinstance(window, int) and window > 0 else None
+        self.window: int | None = window if isinstance(window, int) and window > 0 else None
         counter = getattr(reranker, "count_tokens", None) if settings.exact_usage else None
         self._count_tokens: Callable[[Sequence[Pair]], list[int]] | None = (
             counter if callable(counter) else None
@@ -454,6 +742,7 @@ class _Batcher:
         return self._task is not None and not self._task.done()
 
     def start(self) -> None:
+        self.draining = False
         self._queue = asyncio.Queue(maxsize=self.settings.max_queue)
         # One thread: the model runs one batch at a time, the event loop stays free.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-rerank-score")
@@ -479,19 +768,25 @@ class _Batcher:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _estimate(self, pairs: Sequence[Pair]) -> list[int]:
-        cap = self._window
+        cap = self.window
         counts = [_estimate_tokens(q) + _estimate_tokens(d) for q, d in pairs]
         return counts if cap is None else [min(n, cap) for n in counts]
 
-    async def score(self, pairs: list[Pair]) -> tuple[list[float], list[int]]:
-        """Queue ``pairs`` for scoring; return their scores and token counts, in order."""
+    async def score(
+        self, pairs: list[Pair], max_doc_tokens: int | None = None
+    ) -> tuple[list[float], list[int]]:
+        """Queue ``pairs`` for scoring; return their scores and token counts, in order.
+
+        ``max_doc_tokens`` cuts each document to that many tokens first (needs a truncator).
+        """
         if self.draining or self._queue is None:
             raise _Draining()
         future: asyncio.Future[tuple[list[float], list[int]]] = (
             asyncio.get_running_loop().create_future()
         )
+        job = _Job(pairs, sum(self._estimate(pairs)), future, max_doc_tokens)
         try:
-            self._queue.put_nowait(_Job(pairs, sum(self._estimate(pairs)), future))
+            self._queue.put_nowait(job)
         except asyncio.QueueFull:
             raise _QueueFull() from None
         return await future
@@ -532,21 +827,20 @@ class _Batcher:
         live = [job for job in batch if not job.future.done()]  # skip clients that went away
         if not live:
             return
-        pairs = [pair for job in live for pair in job.pairs]
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            scores, tokens = await loop.run_in_executor(self._executor, self._score_sync, pairs)
+            scores, tokens = await loop.run_in_executor(self._executor, self._score_sync, live)
         except Exception as exc:
-            logger.exception("scoring a batch of %d pairs failed", len(pairs))
+            logger.exception("scoring a batch of %d requests failed", len(live))
             for job in live:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        self.metrics.batch_pairs.observe(len(pairs))
+        self.metrics.batch_pairs.observe(len(scores))
         self.metrics.batch_requests.observe(len(live))
-        self.metrics.documents.inc(len(pairs))
+        self.metrics.documents.inc(len(scores))
         self.metrics.tokens.inc(sum(tokens))
         start = 0
         for job in live:
@@ -555,7 +849,15 @@ class _Batcher:
                 job.future.set_result((scores[start:end], tokens[start:end]))
             start = end
 
-    def _score_sync(self, pairs: list[Pair]) -> tuple[list[float], list[int]]:
+    def _score_sync(self, jobs: list[_Job]) -> tuple[list[float], list[int]]:
+        # Runs in the one scoring thread, so the tokenizer is never used by two calls at once.
+        pairs: list[Pair] = []
+        for job in jobs:
+            if job.max_doc_tokens is None or self.truncator is None:
+                pairs.extend(job.pairs)
+                continue
+            docs = self.truncator([d for _, d in job.pairs], job.max_doc_tokens)
+            pairs.extend((q, d) for (q, _), d in zip(job.pairs, docs, strict=True))
         scores = self.reranker.score_pairs(pairs)
         if self._count_tokens is not None:
             tokens = list(self._count_tokens(pairs))
@@ -567,13 +869,23 @@ class _Batcher:
 # ------------------------------------------------------------------------------- middleware
 
 
-class _Guard:
-    """Pure ASGI middleware: metrics for every request, auth and the body-size limit."""
+class _InFlight:
+    """Rerank requests being handled now (the drain waits for them)."""
 
-    def __init__(self, app: ASGIApp, *, settings: ServerSettings, metrics: _Metrics) -> None:
+    def __init__(self) -> None:
+        self.count = 0
+
+
+class _Guard:
+    """Pure ASGI middleware: metrics, auth, Content-Encoding, body size and body deadline."""
+
+    def __init__(
+        self, app: ASGIApp, *, settings: ServerSettings, metrics: _Metrics, inflight: _InFlight
+    ) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
+        self.inflight = inflight
         key = settings.api_key
         self._key = key.encode("utf-8") if key else None
 
@@ -585,6 +897,9 @@ class _Guard:
         label = path if path in _METRIC_PATHS else "other"
         status = 500
         started = time.perf_counter()
+        counted = path in _RERANK_PATHS
+        if counted:
+            self.inflight.count += 1
 
         async def send_status(message: Message) -> None:
             nonlocal status
@@ -595,12 +910,16 @@ class _Guard:
         try:
             error = self._check_auth(scope) if path in _RERANK_PATHS else None
             if error is None and scope["method"] == "POST":
-                error, receive = await self._read_body(scope, receive)
+                error = self._check_encoding(scope)
+                if error is None:
+                    error, receive = await self._read_body(scope, receive)
             if error is not None:
                 await error.response()(scope, receive, send_status)
             else:
                 await self.app(scope, receive, send_status)
         finally:
+            if counted:
+                self.inflight.count -= 1
             self.metrics.requests.labels(label, scope["method"], str(status)).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - started)
 
@@ -625,6 +944,20 @@ class _Guard:
             return _HTTPError(401, "invalid API key", "unauthorized", headers=headers)
         return None
 
+    @staticmethod
+    def _check_encoding(scope: Scope) -> _HTTPError | None:
+        for name, value in scope["headers"]:
+            if name == b"content-encoding":
+                coding = value.decode("latin-1").strip().lower()
+                if coding not in ("", "identity"):
+                    return _HTTPError(
+                        415,
+                        f"Content-Encoding {coding!r} is not supported: send the body "
+                        "uncompressed (identity)",
+                        "unsupported_media_type",
+                    )
+        return None
+
     async def _read_body(self, scope: Scope, receive: Receive) -> tuple[_HTTPError | None, Receive]:
         limit = self.settings.max_body_bytes
         too_big = _limit_error(
@@ -636,13 +969,24 @@ class _Guard:
                     if int(value) > limit:
                         return too_big, receive
                 except ValueError:
-                    return _HTTPError(400, "invalid Content-Length header", "invalid_request"), (
-                        receive
-                    )
+                    return _invalid("invalid Content-Length header"), receive
+        timeout = self.settings.body_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                slow = _HTTPError(
+                    408,
+                    f"request body not received within body_timeout_s={timeout:g} seconds",
+                    "timeout",
+                    limit="body_timeout_s",
+                    headers={"Connection": "close"},
+                )
+                return slow, receive
             if message["type"] == "http.disconnect":
                 break
             chunk = message.get("body", b"")
@@ -679,6 +1023,47 @@ def _sigmoid(x: float) -> float:
     return z / (1.0 + z)
 
 
+def public_model_name(name: str) -> str:
+    """The name to show for a model: a local folder's last component, a hub id unchanged.
+
+    Example:
+        >>> public_model_name("/srv/models/ms-marco-MiniLM-L6-v2")
+        'ms-marco-MiniLM-L6-v2'
+        >>> public_model_name("BAAI/bge-reranker-base")
+        'BAAI/bge-reranker-base'
+    """
+    path = Path(name).expanduser()
+    looks_local = path.is_absolute() or name.startswith((".", "~")) or "\\" in name
+    if looks_local or path.exists():
+        return path.name or name
+    return name
+
+
+@dataclass
+class _Control:
+    """What :func:`run_server` needs from an app: its settings and a way to drain it."""
+
+    settings: ServerSettings
+    batcher: _Batcher
+    inflight: _InFlight
+    model_name: str
+
+    async def drain(self, timeout_s: float | None, stop: Callable[[], bool]) -> None:
+        """Refuse new work (health 503) and wait for in-flight requests, up to ``timeout_s``."""
+        self.batcher.draining = True
+        logger.info("draining: /health answers 503, %d request(s) in flight", self.inflight.count)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while not stop():
+            elapsed = loop.time() - started
+            if timeout_s is not None and elapsed >= timeout_s:
+                logger.warning("drain timed out with %d request(s) in flight", self.inflight.count)
+                break
+            if self.inflight.count == 0 and elapsed >= self.settings.drain_delay_s:
+                break
+            await asyncio.sleep(0.02)
+
+
 def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) -> FastAPI:
     """Build the rerank server around ``reranker``.
 
@@ -687,27 +1072,32 @@ def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) ->
             :class:`~rerank_core.CrossEncoderScorer` with ``normalize=True``, the default,
             probabilities in [0, 1], as Cohere returns). The server scores every document:
             the reranker's ``rerank_window`` and ``should_rerank`` policy is not applied.
-        settings: Limits, batching and auth; default :class:`ServerSettings` (which reads
-            ``RAG_RERANK_API_KEY``).
+            Cohere v2's ``max_tokens_per_doc`` is honoured with the reranker's Hugging Face
+            ``tokenizer`` (the local cross-encoders have one) and refused with 400 otherwise.
+        settings: Limits, batching, timeouts and auth; default :class:`ServerSettings` (which
+            reads ``RAG_RERANK_API_KEY``).
 
     Returns:
-        A FastAPI application; serve it with uvicorn (``rag-rerank serve`` does).
+        A FastAPI application; serve it with :func:`run_server` (``rag-rerank serve`` does), or
+        any ASGI server (then without the header deadline and the health-visible drain).
 
     Example:
-        >>> import uvicorn
-        >>> from rerank_core import CrossEncoderScorer
-        >>> app = create_app(CrossEncoderScorer())  # doctest: +SKIP
-        >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
+        >>> from rerank_core import load_reranker
+        >>> app = create_app(load_reranker(backend="onnx-int8"))  # doctest: +SKIP
+        >>> run_server(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
     """
     if not isinstance(reranker, Reranker):
         raise TypeError(f"reranker must be a rerank_core.Reranker, got {type(reranker).__name__}")
     settings = settings if settings is not None else ServerSettings()
     if not isinstance(settings, ServerSettings):
         raise TypeError(f"settings must be a ServerSettings, got {type(settings).__name__}")
-    model_name = settings.model_name or reranker.model_name
+    model_name = settings.model_name or public_model_name(reranker.model_name)
     scale = reranker.score_scale
+    tokenizer = getattr(reranker, "tokenizer", None)
+    truncator = _TokenTruncator(tokenizer) if callable(tokenizer) else None
     metrics = _Metrics()
-    batcher = _Batcher(reranker, settings, metrics)
+    batcher = _Batcher(reranker, settings, metrics, truncator)
+    inflight = _InFlight()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -722,7 +1112,8 @@ def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) ->
         try:
             yield
         finally:
-            # uvicorn has already let in-flight requests finish; anything still queued is told.
+            # In-flight requests have finished (or the graceful timeout passed); anything still
+            # queued is told the server is going away.
             await batcher.stop()
             logger.info("rerank server stopped")
 
@@ -732,24 +1123,58 @@ def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) ->
         description=(
             "Cross-encoder reranking over HTTP, compatible with Cohere (v1 and v2), Jina, "
             "SiliconFlow and Hugging Face TEI clients. Send `Authorization: Bearer <key>` when "
-            f"the server was started with {API_KEY_ENV}."
+            f"the server was started with {API_KEY_ENV}. Every error is "
+            "`{message, error_type, limit?}`."
         ),
         lifespan=lifespan,
+        redirect_slashes=False,
     )
-    app.add_middleware(_Guard, settings=settings, metrics=metrics)
+    app.router.route_class = _JSONRoute
+    app.add_middleware(_Guard, settings=settings, metrics=metrics, inflight=inflight)
+    app.state.rerank_control = _Control(settings, batcher, inflight, model_name)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _HTTPError(400, _describe_validation(exc.errors()), "invalid_request").response()
+    async def _invalid_fields(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _invalid(_describe_validation(exc.errors())).response()
 
     @app.exception_handler(_HTTPError)
     async def _http_error(_: Request, exc: _HTTPError) -> JSONResponse:
         return exc.response()
 
-    async def run(query: str, texts: list[str]) -> tuple[list[float], list[int]]:
+    @app.exception_handler(StarletteHTTPException)
+    async def _routing_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        path, method = request.url.path, request.method
+        headers = dict(exc.headers or {})
+        if exc.status_code == 404:
+            known = {r.path for r in app.routes if isinstance(r, APIRoute)} | {"/docs"}
+            hint = ""
+            if path.rstrip("/") in known and path != path.rstrip("/"):
+                hint = f"; did you mean {path.rstrip('/')} (no trailing slash)?"
+            error = _HTTPError(404, f"no endpoint at {path}{hint}; see /docs", "not_found")
+        elif exc.status_code == 405:
+            allowed = headers.get("Allow", "")
+            error = _HTTPError(
+                405,
+                f"{method} is not allowed on {path}; use {allowed}",
+                "method_not_allowed",
+                headers=headers,
+            )
+        else:
+            kind = "internal" if exc.status_code >= 500 else "invalid_request"
+            error = _HTTPError(exc.status_code, str(exc.detail), kind, headers=headers)
+        return error.response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.error("unexpected error: %r", exc)
+        return _HTTPError(500, f"internal error ({type(exc).__name__})", "internal").response()
+
+    async def run(
+        query: str, texts: list[str], max_doc_tokens: int | None = None
+    ) -> tuple[list[float], list[int]]:
         _check_limits(settings, query, texts)
         try:
-            return await batcher.score([(query, t) for t in texts])
+            return await batcher.score([(query, t) for t in texts], max_doc_tokens)
         except _QueueFull:
             raise _HTTPError(
                 503,
@@ -783,7 +1208,7 @@ def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) ->
         summary="Rerank (Cohere v1 / Jina / SiliconFlow shape)",
     )
     async def rerank_v1(body: RerankRequestV1) -> JSONResponse:
-        docs = body.documents
+        docs = [body.documents] if isinstance(body.documents, str) else body.documents
         texts = [d if isinstance(d, str) else d.text for d in docs]
         scores, tokens = await run(body.query, texts)
         order = _order(scores)[: body.top_n]
@@ -812,8 +1237,14 @@ def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) ->
         summary="Rerank (Cohere v2 shape)",
     )
     async def rerank_v2(body: RerankRequestV2) -> JSONResponse:
+        if body.max_tokens_per_doc is not None and truncator is None:
+            raise _invalid(
+                f"max_tokens_per_doc is not available: this server's reranker "
+                f"({type(reranker).__name__}) has no tokenizer to count tokens with; leave it "
+                "out (documents are truncated to the model's window)"
+            )
         texts = [d if isinstance(d, str) else d.text for d in body.documents]
-        scores, tokens = await run(body.query, texts)
+        scores, tokens = await run(body.query, texts, body.max_tokens_per_doc)
         order = _order(scores)[: body.top_n]
         used = sum(tokens)
         return JSONResponse(
@@ -834,11 +1265,9 @@ def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) ->
     )
     async def rerank_tei(body: RerankRequestTEI) -> JSONResponse:
         if body.raw_scores and scale == "probability":
-            raise _HTTPError(
-                400,
+            raise _invalid(
                 "raw_scores=true is not available: this server returns probabilities; start it "
-                "with `rag-rerank serve --raw-scores` for logits",
-                "invalid_request",
+                "with `rag-rerank serve --raw-scores` for logits"
             )
         scores, _ = await run(body.query, body.texts)
         if not body.raw_scores and scale == "logit":
@@ -851,7 +1280,12 @@ def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) ->
             out.append(item)
         return JSONResponse(out)
 
-    @app.get("/health", summary="Liveness and readiness")
+    @app.get(
+        "/health",
+        summary="Liveness and readiness",
+        response_model=Health,
+        responses={503: {"model": Health, "description": "Draining (shutting down) or down."}},
+    )
     async def health() -> JSONResponse:
         ok = batcher.alive and not batcher.draining
         return JSONResponse(
@@ -866,11 +1300,115 @@ def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) ->
             status_code=200 if ok else 503,
         )
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    identity = reranker.identity()
+    info = {
+        "model_id": model_name,
+        "model_sha": None,
+        "model_dtype": str(identity.get("dtype") or identity.get("quantize") or "float32"),
+        "model_type": {"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}},
+        "max_concurrent_requests": settings.max_queue,
+        "max_input_length": batcher.window or settings.max_document_chars,
+        "max_batch_tokens": settings.max_batch_tokens,
+        "max_batch_requests": None,
+        "max_client_batch_size": settings.max_documents,
+        "auto_truncate": True,
+        "tokenization_workers": 1,
+        "version": _version(),
+        "sha": None,
+        "docker_label": None,
+    }
+
+    @app.get("/info", summary="Served model (TEI's /info shape)", response_model=TEIInfo)
+    async def tei_info() -> JSONResponse:
+        return JSONResponse(info)
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _describe_server(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    description=app.description,
+                    routes=app.routes,
+                ),
+                settings,
+                can_truncate=truncator is not None,
+                probabilities=scale == "probability",
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _describe_server(
+    schema: dict[str, Any], settings: ServerSettings, *, can_truncate: bool, probabilities: bool
+) -> dict[str, Any]:
+    """Make FastAPI's OpenAPI document state what this server really accepts and answers."""
+    for path, item in schema.get("paths", {}).items():
+        for op in item.values():
+            responses = op.get("responses", {})
+            responses.pop("422", None)  # validation errors are answered 400
+            if path in _RERANK_PATHS:
+                if settings.api_key:
+                    op["security"] = [{"bearerAuth": []}]
+                else:
+                    responses.pop("401", None)
+    components = schema.setdefault("components", {})
+    models = components.get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        models.pop(unused, None)
+    if settings.api_key:
+        components["securitySchemes"] = {
+            "bearerAuth": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": f"The key the server was started with ({API_KEY_ENV}).",
+            }
+        }
+    most, chars = settings.max_documents, settings.max_document_chars
+    for name, docs in (
+        ("RerankRequestV1", "documents"),
+        ("RerankRequestV2", "documents"),
+        ("RerankRequestTEI", "texts"),
+    ):
+        props = models.get(name, {}).get("properties", {})
+        if "query" in props:
+            props["query"]["maxLength"] = chars
+        if docs in props:
+            _cap(props[docs], most, chars)
+    text = models.get("TextDocument", {}).get("properties", {}).get("text")
+    if text is not None:
+        text["maxLength"] = chars
+    if not can_truncate:
+        models.get("RerankRequestV2", {}).get("properties", {}).pop("max_tokens_per_doc", None)
+    raw = models.get("RerankRequestTEI", {}).get("properties", {}).get("raw_scores")
+    if raw is not None and probabilities:
+        raw["enum"] = [False]
+        raw["description"] = "Only false: this server returns probabilities."
+    return schema
+
+
+def _cap(prop: dict[str, Any], max_items: int, max_chars: int) -> None:
+    """Add ``maxItems`` to the array branches of ``prop`` and ``maxLength`` to its strings."""
+    for branch in [prop, *prop.get("anyOf", [])]:
+        if branch.get("type") == "array":
+            branch["maxItems"] = max_items
+            items = branch.get("items", {})
+            for item in [items, *items.get("anyOf", [])]:
+                if item.get("type") == "string":
+                    item["maxLength"] = max_chars
+        elif branch.get("type") == "string":
+            branch["maxLength"] = max_chars
 
 
 def _check_limits(settings: ServerSettings, query: str, texts: list[str]) -> None:
@@ -907,3 +1445,117 @@ def _version() -> str:
     from rerank_core import __version__
 
     return __version__
+
+
+# ------------------------------------------------------------------------------- serving
+
+
+def _timeout_body(seconds: float) -> bytes:
+    body = json.dumps(
+        {
+            "message": f"request headers not received within header_timeout_s={seconds:g} seconds",
+            "error_type": "timeout",
+            "limit": "header_timeout_s",
+        }
+    ).encode("utf-8")
+    head = (
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+def _with_header_timeout(base: Any, seconds: float) -> Any:
+    """A subclass of uvicorn's HTTP protocol that closes connections slow to send headers.
+
+    uvicorn bounds only idle kept-alive connections; a client that connects and sends nothing,
+    or sends half a request line and stops, holds its socket forever. The deadline is armed when
+    the connection opens and when a later request on it starts arriving, and disarmed when the
+    request's headers are complete (the body has :attr:`ServerSettings.body_timeout_s`).
+    """
+    reply = _timeout_body(seconds)
+
+    class _HeaderDeadline(base):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if not self._awaiting_headers():
+                self._cancel_header_timer()
+            elif self._header_timer is None:
+                self._arm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_header_timer()
+            super().connection_lost(exc)
+
+        def _awaiting_headers(self) -> bool:
+            cycle = self.cycle
+            return cycle is None or bool(cycle.response_complete)
+
+        def _arm_header_timer(self) -> None:
+            self._header_timer = self.loop.call_later(seconds, self._header_timeout)
+
+        def _cancel_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_timeout(self) -> None:
+            self._header_timer = None
+            if self._awaiting_headers() and not self.transport.is_closing():
+                self.transport.write(reply)
+                self.transport.close()
+
+    return _HeaderDeadline
+
+
+def build_server(
+    app: FastAPI,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    graceful_timeout_s: int = 30,
+    access_log: bool = False,
+    log_level: str = "info",
+) -> uvicorn.Server:
+    """A ``uvicorn.Server`` for an app made by :func:`create_app`, with two additions.
+
+    - A header deadline (:attr:`ServerSettings.header_timeout_s`): a client that connects and
+      stalls is answered 408 and disconnected.
+    - A drain on shutdown (SIGTERM, or ``server.should_exit = True``): the listening socket stays
+      open while in-flight requests finish (up to ``graceful_timeout_s``, and for at least
+      :attr:`ServerSettings.drain_delay_s`); meanwhile ``/health`` answers 503 ``draining`` and
+      new rerank requests 503 with ``Retry-After``. Then uvicorn's own graceful shutdown runs.
+
+    Call ``.run()`` on the result (or ``.run(sockets=[sock])`` for a socket bound elsewhere).
+    """
+    import uvicorn
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    control: _Control = app.state.rerank_control
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=_with_header_timeout(AutoHTTPProtocol, control.settings.header_timeout_s),
+        timeout_graceful_shutdown=graceful_timeout_s,
+        access_log=access_log,
+        log_level=log_level,
+    )
+
+    class _DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            await control.drain(graceful_timeout_s, lambda: bool(self.force_exit))
+            await super().shutdown(sockets=sockets)
+
+    return _DrainingServer(config)
+
+
+def run_server(app: FastAPI, **kwargs: Any) -> None:
+    """Serve ``app`` until SIGTERM/SIGINT; ``kwargs`` as for :func:`build_server`."""
+    build_server(app, **kwargs).run()

@@ -12,17 +12,26 @@ from typing import Any
 
 @contextmanager
 def running(app: Any) -> Iterator[tuple[str, Any]]:
-    """Serve ``app`` with uvicorn in a thread; yield its base URL and the ``uvicorn.Server``.
+    """Serve ``app`` in a thread; yield its base URL and the ``uvicorn.Server``.
 
-    The server is stopped the way SIGTERM stops it (``should_exit``) when the block ends.
+    An app made by ``create_app`` is served the way ``rag-rerank serve`` serves it
+    (``build_server``: header deadline, drain on shutdown); any other ASGI app by a plain
+    ``uvicorn.Server``. The server is stopped the way SIGTERM stops it (``should_exit``) when the
+    block ends.
     """
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=20)
-    server = uvicorn.Server(config)
+    if hasattr(app.state, "rerank_control"):
+        from rerank_core.app.server import build_server
+
+        server = build_server(app, log_level="warning", graceful_timeout_s=20)
+    else:
+        server = uvicorn.Server(
+            uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=20)
+        )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -81,6 +83,24 @@ def test_cohere_client_errors(tiny_server):
             model="tiny", query=QUERY, documents=[]
         )
     assert "must not be empty" in empty.value.body["message"]
+
+
+def test_tei_client(tiny_server, tiny_scorer):
+    """The PyPI ``tei-client`` reads ``/info`` first, then reranks through ``/rerank``."""
+    tei_client = pytest.importorskip("tei_client")
+    expected = tiny_scorer.score(QUERY, DOCS)
+    client = tei_client.HttpClient(
+        tiny_server, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
+    )
+    assert client.health()
+    info = client.info()
+    assert info.server_model_type == tei_client.ModelType.Reranker
+    assert info.server_model_id == "tiny"
+    result = client.rerank(QUERY, DOCS, return_text=True)
+    assert [r.index for r in result.ranks] == _order(expected)
+    for r in result.ranks:
+        assert r.score == pytest.approx(expected[r.index], rel=1e-5)
+        assert r.text == DOCS[r.index]
 
 
 def test_raw_tei_request(tiny_server, tiny_scorer):
@@ -218,6 +238,90 @@ async def test_graceful_shutdown_finishes_in_flight_requests():
     assert [x["index"] for x in answer.json()["results"]] == [1, 0]
 
 
+async def _poll_health(url: str, status: int) -> httpx.Response:
+    """GET /health on fresh connections (as a probe does) until it answers ``status``."""
+    deadline = time.monotonic() + 20
+    while True:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as probe:
+            r = await probe.get("/health")
+        if r.status_code == status or time.monotonic() > deadline:
+            return r
+        await asyncio.sleep(0.02)
+
+
+async def test_health_answers_503_while_draining():
+    """SIGTERM with a request in flight: the port stays open, probes see 503 draining."""
+    model = GatedReranker()
+    with running(create_app(model, settings=ServerSettings(api_key=None))) as (url, server):
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            pending = asyncio.create_task(
+                http.post("/v1/rerank", json={"query": "q", "documents": ["a", "bb"]})
+            )
+            await _wait_for(model.entered.is_set)
+            server.should_exit = True  # what SIGTERM does
+            health = await _poll_health(url, 503)
+            async with httpx.AsyncClient(base_url=url, timeout=10) as late:
+                refused = await late.post("/v1/rerank", json={"query": "q", "documents": ["c"]})
+            assert not pending.done()
+            model.gate.set()
+            answer = await pending
+    assert health.status_code == 503
+    assert health.json()["status"] == "draining"
+    assert refused.status_code == 503
+    assert refused.json()["error_type"] == "unavailable"
+    assert refused.headers["retry-after"] == "1"
+    assert answer.status_code == 200
+
+
+async def test_drain_delay_keeps_answering_health_when_idle():
+    settings = ServerSettings(api_key=None, drain_delay_s=1.0)
+    with running(create_app(GatedReranker(), settings=settings)) as (url, server):
+        assert (await _poll_health(url, 200)).status_code == 200
+        server.should_exit = True
+        health = await _poll_health(url, 503)
+    assert (health.status_code, health.json()["status"]) == (503, "draining")
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            raise AssertionError(f"server kept a stalled connection open; got {data!r}") from None
+        if not chunk:
+            return data
+        data += chunk
+
+
+def _json_tail(reply: bytes) -> dict:
+    return json.loads(reply.partition(b"\r\n\r\n")[2])
+
+
+def test_slow_clients_are_answered_408_and_disconnected():
+    settings = ServerSettings(api_key=None, header_timeout_s=0.5, body_timeout_s=0.5)
+    with running(create_app(GatedReranker(), settings=settings)) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        address = (host, int(port))
+        replies = []
+        for sent in (
+            b"",  # connects and says nothing
+            b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Ty",  # stops inside the headers
+            b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"query": ',  # stops inside the body
+        ):
+            with socket.create_connection(address, timeout=15) as sock:
+                sock.sendall(sent)
+                replies.append(_read_until_closed(sock))
+        model_ok = httpx.post(f"{url}/health", timeout=10)
+    for reply in replies:
+        assert reply.startswith(b"HTTP/1.1 408"), reply
+    limits = [_json_tail(r)["limit"] for r in replies]
+    assert limits == ["header_timeout_s", "header_timeout_s", "body_timeout_s"]
+    assert all(_json_tail(r)["error_type"] == "timeout" for r in replies)
+    assert model_ok.status_code == 405  # still serving: /health takes GET only
+
+
 def test_scoring_failure_is_a_500_and_server_survives():
     class Flaky(GatedReranker):
         def _score_pairs(self, pairs):
@@ -258,7 +362,8 @@ def test_bench_server_smoke(tiny_model_dir, tmp_path):
     for run in report["runs"]:
         assert run["ok"] > 0 and run["failed"] == 0
         assert run["mean_requests_per_batch"] >= 1.0  # read back from the server's /metrics
-    assert "2" in report["batching_speedup"]
+    assert "2" in report["batching_speedup"]["torch"]
+    assert {r["backend"] for r in report["runs"]} == {"torch"}
     # Past capacity: only 200 and 503 (no transport errors, no 500), and the server lives on.
     over = report["overload"]
     assert set(over["statuses"]) <= {"200", "503"}
@@ -269,8 +374,8 @@ def test_bench_server_smoke(tiny_model_dir, tmp_path):
     assert over["peak_rss_mb"] < 1.5 * max(r["peak_rss_mb"] for r in report["runs"])
     assert over["clean_exit"], over["exit_code"]
     md = (out / "server_bench.md").read_text(encoding="utf-8")
-    assert "torch threads 1," in md and "| clients | batching |" in md
-    assert "Past capacity (16 clients" in md
+    assert "torch threads 1," in md and "| backend | clients | batching |" in md
+    assert "Past capacity (torch, 16 clients" in md
 
 
 def test_a_chunking_server_scores_long_documents_by_their_best_window(tiny_model_dir):
