@@ -388,6 +388,7 @@ class CausalLMReranker(Reranker):
         local_files_only: Never contact the hub (defaults to ``HF_HUB_OFFLINE``).
         revision: Hub revision to load.
         cache_dir: Hugging Face cache folder to read (defaults to the standard one).
+        num_threads: Set torch's intra-op threads (process-wide); ``None`` keeps torch's.
         trust_remote_code: Passed to transformers.
         model_kwargs: Extra keyword arguments for the model's ``from_pretrained``.
         tokenizer_kwargs: Extra keyword arguments for ``AutoTokenizer.from_pretrained``.
@@ -415,6 +416,7 @@ class CausalLMReranker(Reranker):
         chunking: bool = False,
         chunk_overlap: int = 32,
         max_chunks: int | None = None,
+        num_threads: int | None = None,
         rerank_window: int | None = None,
         should_rerank: Callable[[str], bool] | None = None,
         local_files_only: bool | None = None,
@@ -455,6 +457,9 @@ class CausalLMReranker(Reranker):
 
         from rerank_core.cross_encoder import _resolve_autocast, pick_device
 
+        threads = check_positive_int("num_threads", num_threads)
+        if threads is not None:
+            torch.set_num_threads(threads)
         source = os.fspath(model_name_or_path)
         if local_files_only is None:
             local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}

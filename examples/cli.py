@@ -284,10 +284,11 @@ def register(app: typer.Typer) -> None:
             help="Reranker: hub id or folder (default: the bundled model).",
         ),
         backend: str = typer.Option(
-            "torch",
+            "auto",
             "--backend",
             envvar="RAG_RERANK_BACKEND",
-            help=f"Reranker backend: {LOCAL_BACKENDS}.",
+            help=f"Reranker backend: {LOCAL_BACKENDS}, or auto (causal-lm for LLM rerankers, "
+            "torch otherwise).",
         ),
         chunking: bool = typer.Option(
             True,

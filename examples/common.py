@@ -643,7 +643,7 @@ def rebuild_collection(
 def build_reranker(
     model: str | None = None,
     *,
-    backend: str = "torch",
+    backend: str = "auto",
     rerank_window: int | None = None,
     chunking: bool = True,
 ) -> Reranker:
@@ -651,7 +651,8 @@ def build_reranker(
 
     Args:
         model: Hub id or folder; ``None`` uses the bundled model.
-        backend: Any name of :data:`rerank_core.registry.BACKENDS` that runs a local model.
+        backend: Any name of :data:`rerank_core.registry.BACKENDS` that runs a local model, or
+            ``"auto"`` (see :func:`rerank_core.registry.detect_backend`).
         rerank_window: Rerank only the first K recalled passages.
         chunking: On by default: indexed passages run to 1000 characters, past the bundled
             model's 192-token window, and a truncated passage is judged by its start alone.

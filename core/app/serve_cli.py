@@ -15,7 +15,7 @@ from rerank_core.registry import BACKENDS
 if TYPE_CHECKING:
     BackendName = str
 else:
-    BackendName = enum.Enum("BackendName", {name: name for name in BACKENDS}, type=str)
+    BackendName = enum.Enum("BackendName", {name: name for name in ("auto", *BACKENDS)}, type=str)
 
 
 def _name(backend: object) -> str:
@@ -31,7 +31,11 @@ def register(app: typer.Typer) -> None:
             None, "--model", "-m", help="Hugging Face id or local folder (default: bundled model)."
         ),
         backend: BackendName = typer.Option(
-            "torch", "--backend", "-b", help="How the model runs (onnx-int8 is the fastest on CPU)."
+            "auto",
+            "--backend",
+            "-b",
+            help="How the model runs (onnx-int8 is the fastest on CPU); auto: causal-lm for LLM "
+            "rerankers (Qwen3-Reranker, ...), torch otherwise.",
         ),
         host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 for all)."),
         port: int = typer.Option(8000, help="TCP port."),

@@ -131,3 +131,37 @@ def test_http_backend_without_provider_is_a_usage_error():
     bad = _serve("--backend", "http")
     assert bad.returncode == 2
     assert "provider" in bad.stderr
+
+
+@pytest.mark.slow
+def test_serve_picks_the_causal_lm_backend_for_an_llm_reranker(tmp_path):
+    """``serve --model <Qwen3 reranker folder>`` with no --backend: auto picks causal-lm."""
+    import cohere
+
+    from tests.llm_models import build_qwen3_reranker
+
+    folder = build_qwen3_reranker(tmp_path / "qwen3-tiny")
+    expected = load_reranker(folder, device="cpu").score(QUERY, DOCS)
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("w+")
+    cmd = [sys.executable, "-m", "rerank_core.app.cli", "serve", "--model", str(folder)]
+    cmd += ["--port", str(port), "--threads", "1"]
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAG_RERANK_API_KEY": ""}
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(proc, url, log)
+        r = httpx.post(f"{url}/v1/rerank", json={"query": QUERY, "documents": DOCS}, timeout=60)
+        sdk = cohere.ClientV2(api_key="unused", base_url=url).rerank(
+            model="qwen3-tiny", query=QUERY, documents=DOCS
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+    assert r.status_code == 200, r.text
+    served = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+    assert served == {i: pytest.approx(s, rel=1e-5) for i, s in enumerate(expected)}
+    by_sdk = {x.index: x.relevance_score for x in sdk.results}
+    assert by_sdk == {i: pytest.approx(s, rel=1e-5) for i, s in enumerate(expected)}
