@@ -503,6 +503,16 @@ class CalibratedReranker(RerankerWrapper):
         raw = await self.inner.ascore_pairs(list(batch.pairs))
         return self.calibration.apply(raw, scale=self.input_scale)
 
+    def __getattr__(self, name: str) -> Any:
+        """Attributes this wrapper lacks come from the wrapped reranker.
+
+        So a calibrated model serves where its scorer did (``max_length``, ``count_tokens``).
+        """
+        inner = self.__dict__.get("inner")
+        if inner is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(inner, name)
+
     @property
     def score_scale(self) -> str:
         """Always ``"calibrated-probability"``."""
@@ -559,7 +569,13 @@ def attach_calibration(
             f"calibration must be a path, True, False or None, got {type(calibration).__name__}"
         )
     logger.info("calibrating %s with %s", reranker.model_name, path)
-    return CalibratedReranker(reranker, path)
+    # The wrapper runs the policy (window, gate) that was asked of the reranker it wraps.
+    return CalibratedReranker(
+        reranker,
+        path,
+        rerank_window=reranker.rerank_window,
+        should_rerank=reranker.should_rerank,
+    )
 
 
 def _beside(model: str | None) -> Path | None:

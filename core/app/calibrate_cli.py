@@ -149,6 +149,11 @@ def register(app: typer.Typer) -> None:
             reranker = load_reranker(model, backend=backend, calibration=False, **options)
         except (ValueError, TypeError, ImportError, OSError) as exc:
             raise typer.BadParameter(f"cannot build the {backend} reranker: {exc}") from None
+        identity = reranker.identity()
+        if spec.local and model is None:  # no install path in a file that ships with the model
+            from rerank_core.cross_encoder import DEFAULT_MODEL_DIR
+
+            identity["model"] = DEFAULT_MODEL_DIR.name
         if out is None:
             folder: Path | None = None
             if spec.local and model is None:
@@ -195,7 +200,7 @@ def register(app: typer.Typer) -> None:
                 scale=scale,
                 dataset=name or str(data),
                 relevance_level=relevance_level,
-                model=reranker.identity(),
+                model=identity,
             )
             before = summary([float(p) for p in to_probability(xs, scale)], ls)
         except ValueError as exc:

@@ -83,6 +83,11 @@ def test_load_reranker_takes_a_named_calibration_file(tiny_model_dir: Path, tmp_
         calibrated.score(QUERIES["1"], TEXTS), abs=1e-6
     )
     assert load_reranker(tiny_model_dir, device="cpu").score_scale == "probability"
+    # The policy asked of the model holds for the calibrated one; its attributes stay readable.
+    windowed = load_reranker(tiny_model_dir, device="cpu", calibration=path, rerank_window=2)
+    assert [r.reranked for r in windowed.rerank(QUERIES["1"], TEXTS)] == [True] * 2 + [False] * 6
+    assert windowed.max_length == 128
+    assert windowed.count_tokens([(QUERIES["1"], TEXTS[0])])[0] > 0
     with pytest.raises(FileNotFoundError, match="calibration=True"):
         load_reranker(tiny_model_dir, device="cpu", calibration=True)
 
