@@ -189,6 +189,7 @@ def load_reranker(
     *,
     backend: str = "auto",
     cache_entries: int | None = None,
+    calibration: str | os.PathLike[str] | bool | None = None,
     **options: Any,
 ) -> Reranker:
     """Build a reranker: a local model with the named backend, or a remote rerank API.
@@ -201,6 +202,10 @@ def load_reranker(
             :func:`detect_backend`.
         cache_entries: Wrap the reranker in a :class:`~rerank_core.CachedReranker` holding at
             most this many scores; ``None`` (default) caches nothing.
+        calibration: Path of a :class:`~rerank_core.calibration.Calibration` to apply (any
+            backend); ``None`` (default) applies the ``calibration.json`` beside a local model
+            folder when there is one (the bundled model ships one); ``False`` never calibrates
+            (raw scores). A calibrated reranker's scale is ``"calibrated-probability"``.
         **options: Passed to the backend's class. Local backends share ``device``,
             ``max_length``, ``batch_size``, ``max_batch_tokens``, ``normalize``, ``chunking``,
             ``num_threads``, ``rerank_window`` and ``should_rerank``; ``http`` takes
@@ -228,6 +233,10 @@ def load_reranker(
     if spec is None:
         raise ValueError(f"unknown backend {backend!r}; choose one of {backend_names()} or auto")
     reranker = spec(name, **options)
+    if calibration is not False:
+        from rerank_core.calibration import attach_calibration
+
+        reranker = attach_calibration(reranker, name, calibration, local=spec.local)
     if cache_entries is not None:
         from rerank_core.cache import CachedReranker
 

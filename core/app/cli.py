@@ -20,6 +20,7 @@ app = typer.Typer(
 COMMAND_MODULES = [
     "rerank_core.app.train_cli",
     "rerank_core.app.eval_cli",
+    "rerank_core.app.calibrate_cli",
     "rerank_core.app.bench_cli",
     "rerank_core.app.serve_cli",
 ]

@@ -485,6 +485,9 @@ class EvalReport:
         )
         paths["markdown"].write_text(self.to_markdown(), encoding="utf-8")
         plot_quality_latency(self, paths["plot"])
+        reliability = plot_reliability(self, out / f"{stem}-reliability.png")
+        if reliability is not None:
+            paths["reliability"] = reliability
         return paths
 
 
@@ -494,7 +497,7 @@ def _calibration_markdown(calibration: Mapping[str, Mapping[str, Any]]) -> str:
     head = ["reranker", "relevant n", "negatives n"]
     for t in CALIBRATION_THRESHOLDS:
         head += [f"relevant ≥{t}", f"negatives ≥{t}"]
-    head += ["relevant median", "negatives median"]
+    head += ["relevant median", "negatives median", "ECE (10 bins)", "Brier"]
     lines = [
         f"Calibration: share of relevant ({pos}) and non-relevant ({neg}) candidates scoring at "
         "or above each threshold.",
@@ -510,8 +513,57 @@ def _calibration_markdown(calibration: Mapping[str, Mapping[str, Any]]) -> str:
                 _pct(c["negative_at_or_above"][str(t)]),
             ]
         cells += [_num(c["positive_median"]), _num(c["negative_median"])]
+        for key in ("ece", "brier"):
+            before = c.get("before", {}).get(key)
+            after = _num(c.get(key)) if key in c else "n/a"
+            cells.append(f"{_num(before)} → {after}" if before is not None else after)
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "ECE and Brier: rows whose scores are probabilities; judged grade ≥ the relevance level "
+        "is relevant, unjudged candidates are left out when the judgments include grade 0 "
+        "(else non-relevant); `before → after` for a calibrated reranker.",
+    ]
     return "\n".join(lines)
+
+
+def plot_reliability(report: EvalReport, path: str | os.PathLike[str]) -> Path | None:
+    """Reliability diagram: observed relevant rate against mean probability, 10 bins.
+
+    One curve per reranker with probability scores, two (before and after) for a calibrated
+    one. Returns ``None`` (and writes nothing) when no reranker has probability scores.
+    """
+    rows = {n: c for n, c in report.calibration.items() if c.get("reliability")}
+    if not rows:
+        return None
+    _require("matplotlib")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 6), dpi=120)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ":", color="gray", label="perfect")
+    for i, (name, c) in enumerate(rows.items()):
+        curves = [("", c["reliability"], "-o")]
+        if "before" in c:
+            curves = [
+                (" (before)", c["before"]["reliability"], "--s"),
+                (" (after)", *curves[0][1:]),
+            ]
+        for suffix, bins, style in curves:
+            x = [b["mean_probability"] for b in bins]
+            y = [b["relevant_rate"] for b in bins]
+            ax.plot(x, y, style, color=f"C{i % 10}", markersize=4, label=f"{name}{suffix}")
+    ax.set_xlabel("mean predicted probability (bin)")
+    ax.set_ylabel("observed share relevant")
+    ax.set_title(f"{report.dataset}: reliability (10 bins)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path
 
 
 def _pct(x: float | None) -> str:
@@ -651,6 +703,9 @@ def _calibration(
     scored: Mapping[str, Sequence[RerankResult]],
     docids: Mapping[str, Sequence[str]],
     qrels: Qrels,
+    relevance_level: int = 1,
+    scale: str = "unknown",
+    raw: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     import numpy as np
 
@@ -673,7 +728,7 @@ def _calibration(
     def share(xs: list[float], t: float) -> float | None:
         return sum(x >= t for x in xs) / len(xs) if xs else None
 
-    return {
+    out = {
         "positive": f"grade ≥ {pos_min}",
         "negative": "judged grade 0" if has_zero else "unjudged",
         "positive_count": len(pos),
@@ -683,6 +738,93 @@ def _calibration(
         "positive_median": float(np.median(pos)) if pos else None,
         "negative_median": float(np.median(neg)) if neg else None,
     }
+    if scale in ("probability", "calibrated-probability", "logit"):
+        out.update(_probability_quality(scored, docids, qrels, relevance_level, scale, raw))
+    return out
+
+
+def _probability_quality(
+    scored: Mapping[str, Sequence[RerankResult]],
+    docids: Mapping[str, Sequence[str]],
+    qrels: Qrels,
+    relevance_level: int,
+    scale: str,
+    raw: Mapping[str, Sequence[float]] | None,
+) -> dict[str, Any]:
+    """ECE (10 equal-width bins), Brier score and reliability bins of a probability scale.
+
+    Labels: judged grade >= ``relevance_level`` is relevant, judged below is not; unjudged
+    candidates are left out when the judgments include grade 0 (pooled judgments), else counted
+    non-relevant. ``raw``: the uncalibrated scores of a calibrated reranker (``before``).
+    """
+    from rerank_core.app.calibrate_cli import label_pairs
+    from rerank_core.calibration import (
+        brier_score,
+        expected_calibration_error,
+        reliability_bins,
+        to_probability,
+    )
+
+    keys, probs, before = [], [], []
+    for qid, results in scored.items():
+        for r in results:
+            if r.score is not None:
+                keys.append((qid, docids[qid][r.index]))
+                probs.append(r.score)
+                if raw is not None:
+                    before.append(raw[qid][r.index])
+    labels = label_pairs(keys, qrels, relevance_level)
+    chosen = [i for i, y in enumerate(labels) if y is not None]
+    if not chosen:
+        return {}
+    ys = [int(labels[i]) for i in chosen]
+    p = [float(v) for v in to_probability([probs[i] for i in chosen], scale)]
+    out: dict[str, Any] = {
+        "calibration_pairs": len(chosen),
+        "ece": expected_calibration_error(p, ys, 10),
+        "brier": brier_score(p, ys),
+        "reliability": reliability_bins(p, ys, 10),
+    }
+    if raw is not None:
+        b = [float(v) for v in to_probability([before[i] for i in chosen], "logit")]
+        out["before"] = {
+            "ece": expected_calibration_error(b, ys, 10),
+            "brier": brier_score(b, ys),
+            "reliability": reliability_bins(b, ys, 10),
+        }
+    return out
+
+
+def _remember_raw(model: Reranker) -> Reranker:
+    """For a calibrated reranker: a copy whose inner scores are cached, to report "before"."""
+    from rerank_core.cache import CachedReranker
+    from rerank_core.calibration import CalibratedReranker
+
+    if not isinstance(model, CalibratedReranker):
+        return model
+    probe = copy.copy(model)
+    probe.inner = CachedReranker(model.inner, max_entries=10_000_000)
+    return probe
+
+
+def _raw_logits(
+    model: Reranker, queries: Sequence[QueryCandidates]
+) -> dict[str, list[float]] | None:
+    """A calibrated reranker's uncalibrated scores as logits, per query in candidate order.
+
+    The cache that :func:`_remember_raw` put in front of its inner reranker answers them.
+    """
+    from rerank_core.calibration import CalibratedReranker, to_logit
+
+    if not isinstance(model, CalibratedReranker):
+        return None
+    out: dict[str, list[float]] = {}
+    for q in queries:
+        scores = model.inner.score(q.query, [c.text for c in q.candidates])
+        if model.input_scale != "logit":
+            scores = [float(v) for v in to_logit(scores)]
+        out[q.qid] = scores
+    return out
 
 
 def _as_reranker(name: str, value: Reranker | str | os.PathLike[str], **kwargs: Any) -> Reranker:
@@ -812,6 +954,7 @@ def evaluate_candidates(
         return {q: [docids[q][r.index] for r in res] for q, res in results.items()}
 
     for name, model in models.items():
+        model = _remember_raw(model)
         results, times = run(model, name)
         rows.append(
             ConfigResult(
@@ -824,7 +967,9 @@ def evaluate_candidates(
                 sum(len(r) for r in results.values()) / len(qids),
             )
         )
-        calibration[name] = _calibration(results, docids, qrels)
+        calibration[name] = _calibration(
+            results, docids, qrels, relevance_level, model.score_scale, _raw_logits(model, judged)
+        )
         for t in ths:
             kept = {
                 q: [r for r in res if r.score is None or r.score >= t] for q, res in results.items()

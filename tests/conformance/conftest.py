@@ -2,8 +2,8 @@
 
 Every backend of :data:`rerank_core.registry.BACKENDS` is built by :func:`rerank_core.load_reranker`
 on the tiny cross-encoder (local backends) or against a real ``rag-rerank serve`` on 127.0.0.1
-(``http``), plus the caching wrapper. A new backend joins the suite by being registered; one that
-needs another kind of model adds its builder to ``SPECIAL``.
+(``http``), plus the caching and calibrating wrappers. A new backend joins the suite by being
+registered; one that needs another kind of model adds its builder to ``SPECIAL``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,16 @@ def _causal_lm(request: pytest.FixtureRequest) -> Reranker:
 #: Backends whose model is not the tiny cross-encoder: name -> builder(request) -> Reranker.
 SPECIAL: dict[str, Callable[[pytest.FixtureRequest], Reranker]] = {"causal-lm": _causal_lm}
 
-KINDS = [*backend_names(), "cached"]
+KINDS = [*backend_names(), "cached", "calibrated"]
+
+
+@pytest.fixture(scope="session")
+def calibration_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Platt calibration that moves and flattens the tiny model's scores."""
+    from rerank_core.calibration import Calibration
+
+    path = tmp_path_factory.mktemp("calibration") / "calibration.json"
+    return Calibration("platt", a=0.6, b=-0.4, dataset="synthetic").save(path)
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +54,7 @@ def live_server_url(tiny_model_dir: Path) -> Iterator[str]:
 
 
 def build(kind: str, request: pytest.FixtureRequest, **options: Any) -> Reranker:
-    """A reranker of ``kind`` (a backend name, or ``"cached"``) with extra ``options``."""
+    """A reranker of ``kind`` (a backend name, ``"cached"``, ``"calibrated"``), with ``options``."""
     if kind in SPECIAL:
         return SPECIAL[kind](request)
     if kind == "http":
@@ -56,6 +65,9 @@ def build(kind: str, request: pytest.FixtureRequest, **options: Any) -> Reranker
     model = request.getfixturevalue("tiny_model_dir")
     if kind == "cached":
         return load_reranker(model, backend="torch", device="cpu", cache_entries=1000, **options)
+    if kind == "calibrated":
+        path = request.getfixturevalue("calibration_file")
+        return load_reranker(model, backend="torch", device="cpu", calibration=path, **options)
     return load_reranker(model, backend=kind, device="cpu", **options)
 
 
