@@ -1,0 +1,102 @@
+"""``rag-rerank batch``: rerank a dataset on a pool of Ray actors (Ray Data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def _backend_names() -> list[str]:
+    from rerank_core.registry import BACKENDS
+
+    return sorted(BACKENDS)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``batch`` to ``app``."""
+
+    @app.command("batch")
+    def batch_command(
+        data: Path = typer.Argument(
+            ...,
+            exists=True,
+            help="JSON lines or Parquet: one row per query {qid, query, candidates: [{docid, "
+            "text, score?}]} or one row per pair {qid, query, docid, text, score?}.",
+        ),
+        out: Path = typer.Option(
+            ..., "--out", "-o", help="Output file, .parquet or .jsonl (one row per pair)."
+        ),
+        model: str = typer.Option(
+            None, "--model", "-m", help="Cross-encoder folder or id (default: the bundled model)."
+        ),
+        backend: str = typer.Option(
+            "torch", "--backend", "-b", help=f"Local backend: {', '.join(_backend_names())}."
+        ),
+        actors: int = typer.Option(1, "--actors", help="Actors, each holding one scorer."),
+        threads_per_actor: int = typer.Option(
+            1, "--threads-per-actor", help="CPU threads (and Ray CPU slots) per actor."
+        ),
+        gpus_per_actor: float = typer.Option(
+            0.0, "--gpus-per-actor", help="GPUs per actor (device cuda when above 0)."
+        ),
+        batch_size: int = typer.Option(32, help="Pairs per forward pass."),
+        max_length: int = typer.Option(None, help="Tokens per pair (default: the model's)."),
+        chunking: bool = typer.Option(
+            False,
+            "--chunking",
+            help="Score long passages by their best overlapping window instead of truncating.",
+        ),
+        device: str = typer.Option(None, help="Torch device in each actor (default: best)."),
+        queries_per_batch: int = typer.Option(
+            8, help="Queries per actor call; their pairs are scored together."
+        ),
+        address: str = typer.Option(
+            None,
+            "--address",
+            help="Ray cluster to join ('auto', 'ray://head:10001'); default: a local Ray "
+            "started for this run.",
+        ),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Replace an existing output (never appended to)."
+        ),
+        output_format: str = typer.Option(
+            None, "--format", help="parquet or jsonl (default: by the output's suffix)."
+        ),
+    ) -> None:
+        """Score every query-passage pair with one scorer per Ray actor; write score and rank."""
+        from rerank_core.app.batch import rerank_dataset
+
+        if backend not in _backend_names():
+            raise typer.BadParameter(
+                f"unknown --backend {backend!r}; known: {', '.join(_backend_names())}"
+            )
+        options: dict[str, object] = {"batch_size": batch_size, "chunking": chunking}
+        if max_length is not None:
+            options["max_length"] = max_length
+        if device is not None:
+            options["device"] = device
+        try:
+            summary = rerank_dataset(
+                data,
+                out,
+                model=model,
+                backend=backend,
+                actors=actors,
+                threads_per_actor=threads_per_actor,
+                gpus_per_actor=gpus_per_actor,
+                queries_per_batch=queries_per_batch,
+                options=options,
+                output_format=output_format,
+                overwrite=overwrite,
+                address=address,
+                progress=True,
+            )
+        except (ValueError, FileExistsError, FileNotFoundError) as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        typer.echo(
+            f"wrote {summary.pairs} scored pairs to {summary.output} in {summary.seconds:.1f} s "
+            f"({summary.pairs_per_second:.1f} pairs/s, {summary.actors} actor(s), "
+            f"{summary.layout} layout)"
+        )
+        typer.echo(f"model: {summary.model}")
