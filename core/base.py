@@ -14,6 +14,7 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +26,12 @@ Pair = tuple[str, str]
 
 __all__ = [
     "SCORE_SCALES",
+    "Batch",
     "Pair",
     "RerankResult",
     "Reranker",
     "RerankerError",
+    "RerankerWrapper",
     "ScoringError",
 ]
 
@@ -87,6 +90,10 @@ def _check_threshold(value: object) -> float | None:
     return float(value)
 
 
+def _batch_of(pairs: Sequence[Pair], indices: Sequence[int], payload: Any = None) -> Batch:
+    return Batch(tuple(indices), tuple(pairs[i] for i in indices), payload)
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """What the policy decided to score for one ``rerank`` call."""
@@ -96,16 +103,39 @@ class _Plan:
     scored: int  # the first ``scored`` documents go to the model; the rest pass through
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One unit of scoring work, handed from preparation to scoring as a value.
+
+    Attributes:
+        indices: Positions of this batch's pairs in the call's input.
+        pairs: The ``(query, document)`` pairs, in the order of ``indices``.
+        payload: What the backend prepared for them (token windows for local models); ``None``
+            when the backend scores plain text.
+    """
+
+    indices: tuple[int, ...]
+    pairs: tuple[Pair, ...]
+    payload: Any = None
+
+
 class Reranker(ABC):
     """Abstract base of every reranker.
 
-    Subclasses implement :meth:`_score_pairs`. They may override :meth:`_batch_plan` to batch by
-    a better length measure than characters, and :meth:`_ascore_pairs` when they have a native
-    async path (remote APIs); by default the async methods run the sync path in a worker thread so
-    the event loop is never blocked.
+    A call runs in three stages that hand values to each other: :meth:`_prepare` turns the
+    checked pairs into :class:`Batch` objects (tokenizing and planning, for local models),
+    :meth:`_score_batch` scores one batch, and the base puts the scores back in input order and
+    checks them. A backend implements :meth:`_score_pairs` (the plain-text batch call) and may
+    override :meth:`_prepare` / :meth:`_score_batch` to pass prepared inputs, and
+    :meth:`_ascore_batch` when it has a native async path (remote APIs). By default the async
+    methods run preparation (when :attr:`_prepare_blocks`) and scoring in worker threads, so the
+    event loop is never blocked.
 
     Args:
-        batch_size: Most pairs per call of :meth:`_score_pairs`.
+        batch_size: Most pairs per batch.
+        max_concurrency: Batches of one call scored at once (threads on the sync path, tasks on
+            the async path). Local models keep the default 1: they use every core per batch.
+            Remote APIs gain from several requests in flight.
         rerank_window: Rerank only the first K candidates (in the order given, normally the
             first stage's); the rest follow in their original order, unscored. Cost grows
             linearly with K, while the answer usually sits near the top of the first stage, so a
@@ -121,17 +151,23 @@ class Reranker(ABC):
         >>> scorer.rerank("what is rag?", docs, top_n=3, score_threshold=0.3)  # doctest: +SKIP
     """
 
-    #: Human-readable model identity, used in logs, events and cache keys.
+    #: Human-readable model identity, used in logs and events.
     model_name: str = "reranker"
+    #: Whether :meth:`_prepare` does real work (tokenizing) that must run off the event loop.
+    _prepare_blocks: bool = False
 
     def __init__(
         self,
         *,
         batch_size: int = 32,
+        max_concurrency: int = 1,
         rerank_window: int | None = None,
         should_rerank: Callable[[str], bool] | None = None,
     ) -> None:
-        self.batch_size = check_positive_int("batch_size", batch_size) or 32
+        self.batch_size = check_positive_int("batch_size", batch_size, allow_none=False) or 1
+        self.max_concurrency = (
+            check_positive_int("max_concurrency", max_concurrency, allow_none=False) or 1
+        )
         self.rerank_window = check_positive_int("rerank_window", rerank_window)
         if should_rerank is not None and not callable(should_rerank):
             raise TypeError("should_rerank must be a callable taking the query, or None")
@@ -143,15 +179,24 @@ class Reranker(ABC):
     def _score_pairs(self, pairs: Sequence[Pair]) -> Sequence[float]:
         """Score one batch of ``(query, document)`` pairs, one score per pair, in order."""
 
-    async def _ascore_pairs(self, pairs: Sequence[Pair]) -> Sequence[float]:
-        """Async twin of :meth:`_score_pairs`; default: the sync path in a worker thread."""
-        return await asyncio.to_thread(self._score_pairs, pairs)
+    def _prepare(self, pairs: Sequence[Pair]) -> list[Batch]:
+        """Split a call's pairs into batches; default: longest first by characters.
 
-    def _batch_plan(self, pairs: Sequence[Pair]) -> list[list[int]]:
-        """Split pair indices into batches, longest first, so padding within a batch is small."""
+        Sorting by length keeps the padding inside a batch small for backends that pad.
+        """
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-        size = self.batch_size
-        return [order[i : i + size] for i in range(0, len(order), size)]
+        return [
+            _batch_of(pairs, order[i : i + self.batch_size])
+            for i in range(0, len(order), self.batch_size)
+        ]
+
+    def _score_batch(self, batch: Batch) -> Sequence[float]:
+        """Score one prepared batch; default: :meth:`_score_pairs` on its pairs."""
+        return self._score_pairs(batch.pairs)
+
+    async def _ascore_batch(self, batch: Batch) -> Sequence[float]:
+        """Async twin of :meth:`_score_batch`; default: the sync path in a worker thread."""
+        return await asyncio.to_thread(self._score_batch, batch)
 
     # ----------------------------------------------------------------- scoring
 
@@ -160,29 +205,51 @@ class Reranker(ABC):
 
         Returns:
             One plain ``float`` per pair, in input order.
+
+        Raises:
+            TypeError: ``pairs`` is not a sequence of ``(str, str)`` pairs.
+            ValueError: a query is blank, or a text holds a lone surrogate.
+            ScoringError: the backend returned a wrong count or a non-finite score.
         """
         checked = self._check_pairs(pairs)
         if not checked:
             return []
-        out: list[float | None] = [None] * len(checked)
-        for batch in self._batch_plan(checked):
-            scores = self._score_pairs([checked[i] for i in batch])
-            self._scatter(batch, scores, out)
-        return self._finite(out)
+        batches = self._prepare(checked)
+        if self.max_concurrency == 1 or len(batches) == 1:
+            results = [self._score_batch(b) for b in batches]
+        else:
+            with ThreadPoolExecutor(min(self.max_concurrency, len(batches))) as pool:
+                results = list(pool.map(self._score_batch, batches))
+        return self._collect(len(checked), batches, results)
 
     async def ascore_pairs(self, pairs: Sequence[Pair]) -> list[float]:
-        """Async twin of :meth:`score_pairs`; batches run concurrently when the backend allows."""
+        """Async twin of :meth:`score_pairs`; never blocks the event loop.
+
+        At most ``max_concurrency`` batches are in flight; when one fails, the others of the
+        same call are cancelled.
+        """
         checked = self._check_pairs(pairs)
         if not checked:
             return []
-        out: list[float | None] = [None] * len(checked)
-        batches = self._batch_plan(checked)
-        results = await asyncio.gather(
-            *(self._ascore_pairs([checked[i] for i in b]) for b in batches)
-        )
-        for batch, scores in zip(batches, results, strict=True):
-            self._scatter(batch, scores, out)
-        return self._finite(out)
+        if self._prepare_blocks:
+            batches = await asyncio.to_thread(self._prepare, checked)
+        else:
+            batches = self._prepare(checked)
+        gate = asyncio.Semaphore(self.max_concurrency)
+
+        async def run(batch: Batch) -> Sequence[float]:
+            async with gate:
+                return await self._ascore_batch(batch)
+
+        tasks = [asyncio.ensure_future(run(b)) for b in batches]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return self._collect(len(checked), batches, results)
 
     def score(self, query: str, documents: Sequence[str]) -> list[float]:
         """Score every document against ``query``.
@@ -307,20 +374,24 @@ class Reranker(ABC):
             )
         return checked
 
-    def _scatter(self, batch: list[int], scores: Sequence[float], out: list[float | None]) -> None:
-        if len(scores) != len(batch):
-            raise ScoringError(
-                f"{self.model_name}: backend returned {len(scores)} scores for {len(batch)} pairs"
-            )
-        for i, s in zip(batch, scores, strict=True):
-            out[i] = float(s)
-
-    def _finite(self, out: list[float | None]) -> list[float]:
+    def _collect(
+        self, n: int, batches: Sequence[Batch], results: Sequence[Sequence[float]]
+    ) -> list[float]:
+        """Put each batch's scores back in input order, checking count and finiteness."""
+        out: list[float | None] = [None] * n
+        for batch, scores in zip(batches, results, strict=True):
+            if len(scores) != len(batch.indices):
+                raise ScoringError(
+                    f"{self.model_name}: backend returned {len(scores)} scores "
+                    f"for {len(batch.indices)} pairs"
+                )
+            for i, value in zip(batch.indices, scores, strict=True):
+                out[i] = float(value)
         result: list[float] = []
-        for i, s in enumerate(out):
-            if s is None or not math.isfinite(s):
-                raise ScoringError(f"{self.model_name}: non-finite score {s!r} for pair {i}")
-            result.append(s)
+        for i, score in enumerate(out):
+            if score is None or not math.isfinite(score):
+                raise ScoringError(f"{self.model_name}: non-finite score {score!r} for pair {i}")
+            result.append(score)
         return result
 
     # ----------------------------------------------------------------- identity
@@ -355,3 +426,45 @@ class Reranker(ABC):
             "model_name": self.model_name,
             "score_scale": self.score_scale,
         }
+
+
+class RerankerWrapper(Reranker):
+    """Base of rerankers that pass whole calls to another reranker and add something around them.
+
+    The wrapped reranker keeps its own batching: the wrapper hands it all of a call's pairs in
+    one :meth:`~Reranker.score_pairs` (or :meth:`~Reranker.ascore_pairs`) call, through its
+    public methods only. Scale and identity are the wrapped reranker's unless a subclass changes
+    scores. Subclasses implement :meth:`_score_pairs` and :meth:`_ascore_batch`.
+
+    Args:
+        inner: The reranker to wrap.
+        rerank_window: See :class:`Reranker` (the wrapper's own policy).
+        should_rerank: See :class:`Reranker`.
+    """
+
+    def __init__(
+        self,
+        inner: Reranker,
+        *,
+        rerank_window: int | None = None,
+        should_rerank: Callable[[str], bool] | None = None,
+    ) -> None:
+        if not isinstance(inner, Reranker):
+            raise TypeError(f"inner must be a Reranker, got {type(inner).__name__}")
+        super().__init__(
+            batch_size=inner.batch_size, rerank_window=rerank_window, should_rerank=should_rerank
+        )
+        self.inner = inner
+        self.model_name = inner.model_name
+
+    def _prepare(self, pairs: Sequence[Pair]) -> list[Batch]:
+        return [_batch_of(pairs, range(len(pairs)))]
+
+    @property
+    def score_scale(self) -> str:
+        """The wrapped reranker's scale."""
+        return self.inner.score_scale
+
+    def identity(self) -> dict[str, Any]:
+        """The wrapped reranker's identity."""
+        return self.inner.identity()

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rerank_core.base import Pair, Reranker
+from rerank_core.base import Batch, Pair, Reranker, RerankerWrapper
 
 __all__ = ["CacheInfo", "CachedReranker", "ScoreCache"]
 
@@ -105,7 +105,7 @@ class ScoreCache:
         return len(self._data)
 
 
-class CachedReranker(Reranker):
+class CachedReranker(RerankerWrapper):
     """Wrap a reranker so repeated (query, passage) pairs are scored once.
 
     The wrapper is itself a :class:`~rerank_core.Reranker`: pass it wherever a scorer goes (the
@@ -115,8 +115,9 @@ class CachedReranker(Reranker):
     Args:
         inner: The scorer whose results to keep.
         max_entries: Bound of a new private cache (ignored when ``cache`` is given).
-        cache: A :class:`ScoreCache` to share between wrappers (keys include each scorer's
-            identity, so different models never mix).
+        cache: A :class:`ScoreCache` to share between wrappers. Keys include each scorer's
+            :meth:`~rerank_core.Reranker.identity` (model, scale, precision, window, remote
+            options), so rerankers whose scores differ never share entries.
         rerank_window: See :class:`~rerank_core.Reranker` (the wrapper's own policy).
         should_rerank: See :class:`~rerank_core.Reranker`.
 
@@ -136,24 +137,13 @@ class CachedReranker(Reranker):
         rerank_window: int | None = None,
         should_rerank: Any = None,
     ) -> None:
-        if not isinstance(inner, Reranker):
-            raise TypeError(f"inner must be a Reranker, got {type(inner).__name__}")
-        super().__init__(
-            batch_size=inner.batch_size, rerank_window=rerank_window, should_rerank=should_rerank
-        )
-        self.inner = inner
+        super().__init__(inner, rerank_window=rerank_window, should_rerank=should_rerank)
         self.cache = cache if cache is not None else ScoreCache(max_entries)
-        self.model_name = inner.model_name
-        # The inner scorer's identity covers every setting that changes a score.
         self._scorer_id = inner.score_id
 
     def cache_info(self) -> CacheInfo:
         """Hit and miss counts and the size of the cache."""
         return self.cache.info()
-
-    def _batch_plan(self, pairs: Sequence[Pair]) -> list[list[int]]:
-        # One "batch": the misses go to the inner scorer together and it batches them itself.
-        return [list(range(len(pairs)))]
 
     def _lookup(self, pairs: Sequence[Pair]) -> tuple[list[Any], list[float | None], list[int]]:
         keys = [ScoreCache.key(self._scorer_id, q, d) for q, d in pairs]
@@ -173,19 +163,10 @@ class CachedReranker(Reranker):
         new = self.inner.score_pairs([pairs[i] for i in missing]) if missing else []
         return self._fill(keys, found, missing, new)
 
-    async def _ascore_pairs(self, pairs: Sequence[Pair]) -> list[float]:
-        keys, found, missing = self._lookup(pairs)
-        new = await self.inner.ascore_pairs([pairs[i] for i in missing]) if missing else []
+    async def _ascore_batch(self, batch: Batch) -> list[float]:
+        keys, found, missing = self._lookup(batch.pairs)
+        new = await self.inner.ascore_pairs([batch.pairs[i] for i in missing]) if missing else []
         return self._fill(keys, found, missing, new)
-
-    @property
-    def score_scale(self) -> str:
-        """The wrapped scorer's scale: cached scores are returned as it gave them."""
-        return self.inner.score_scale
-
-    def identity(self) -> dict[str, Any]:
-        """The wrapped scorer's identity: caching never changes a score."""
-        return self.inner.identity()
 
     def describe(self) -> dict[str, Any]:
         """The wrapped scorer's description, with the cache's counters."""

@@ -1,10 +1,11 @@
 """Tokenize-once batching and long-document windows, shared by the local cross-encoder backends.
 
 :class:`TokenizedReranker` sits between :class:`~rerank_core.Reranker` and a local backend (torch,
-ONNX Runtime). It tokenizes every pair of a call once, in :meth:`_batch_plan`, sorts the pairs by
-their real token length and packs them into batches under a budget of padded tokens, so a batch of
-short passages can hold many pairs and a batch of long ones few. :meth:`_score_pairs` re-uses those
-encodings, pads each batch to its own longest pair and calls the backend's :meth:`_forward`.
+ONNX Runtime). Its :meth:`_prepare` tokenizes every pair of a call once, sorts the pairs by their
+real token length and packs them into batches under a budget of padded tokens, so a batch of short
+passages can hold many pairs and a batch of long ones few; each :class:`~rerank_core.base.Batch`
+carries its token windows as a value. :meth:`_score_batch` pads each batch to its own longest pair
+and calls the backend's :meth:`_forward`.
 
 With ``chunking=True`` a passage longer than the model's window is split into overlapping token
 windows (each one ``[CLS] query [SEP] window [SEP]``); every window is scored and the pair gets the
@@ -22,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from rerank_core.base import Pair, Reranker
+from rerank_core.base import Batch, Pair, Reranker, _batch_of
+from rerank_core.validation import check_non_negative_int, check_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +32,6 @@ __all__ = ["ChunkStats", "TokenizedReranker"]
 
 # Tokenizers report a huge sentinel when a model sets no maximum length.
 _NO_LIMIT = 100_000
-# Encodings planned but not yet scored (a failed call leaves some behind) are dropped past this.
-_STASH_LIMIT = 200_000
 
 # One token window: (input_ids, token_type_ids or None).
 _Window = tuple[list[int], list[int] | None]
@@ -94,32 +94,12 @@ class TokenizedReranker(Reranker):
         super().__init__(
             batch_size=batch_size, rerank_window=rerank_window, should_rerank=should_rerank
         )
-        if max_batch_tokens is not None and (
-            isinstance(max_batch_tokens, bool)
-            or not isinstance(max_batch_tokens, int)
-            or max_batch_tokens < 1
-        ):
-            raise ValueError(
-                f"max_batch_tokens must be a positive int or None, got {max_batch_tokens!r}"
-            )
-        if chunk_overlap is not None and (
-            isinstance(chunk_overlap, bool)
-            or not isinstance(chunk_overlap, int)
-            or chunk_overlap < 0
-        ):
-            raise ValueError(f"chunk_overlap must be a non-negative int, got {chunk_overlap!r}")
-        if max_chunks is not None and (
-            isinstance(max_chunks, bool) or not isinstance(max_chunks, int) or max_chunks < 1
-        ):
-            raise ValueError(f"max_chunks must be a positive int or None, got {max_chunks!r}")
-        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens = check_positive_int("max_batch_tokens", max_batch_tokens)
         self.chunking = bool(chunking)
-        self.chunk_overlap: int | None = chunk_overlap
-        self.max_chunks = max_chunks
+        self.chunk_overlap = check_non_negative_int("chunk_overlap", chunk_overlap)
+        self.max_chunks = check_positive_int("max_chunks", max_chunks)
         #: Window counts of the last :meth:`score_pairs` call (``None`` before the first).
         self.last_chunk_stats: ChunkStats | None = None
-        self._stash: dict[Pair, list[_Window]] = {}
-        self._stash_lock = threading.Lock()
         # A fast tokenizer changes its truncation state per call: one caller at a time.
         self._tokenizer_lock = threading.Lock()
         self._pad_multiple: int | None = None
@@ -211,17 +191,15 @@ class TokenizedReranker(Reranker):
 
     # ----------------------------------------------------------------- batching
 
-    def _batch_plan(self, pairs: Sequence[Pair]) -> list[list[int]]:
+    _prepare_blocks = True
+
+    def _prepare(self, pairs: Sequence[Pair]) -> list[Batch]:
         """Tokenize once, sort by token length, pack batches under the token budget."""
         encoded = self._tokenize(pairs)
-        with self._stash_lock:
-            if len(self._stash) > _STASH_LIMIT:
-                self._stash.clear()
-            self._stash.update(zip(pairs, encoded, strict=True))
         self._record_stats(encoded)
         widths = [max(len(ids) for ids, _ in windows) for windows in encoded]
         order = sorted(range(len(pairs)), key=lambda i: -widths[i])
-        batches: list[list[int]] = []
+        plan: list[list[int]] = []
         current: list[int] = []
         rows = 0
         width = 0
@@ -233,14 +211,14 @@ class TokenizedReranker(Reranker):
                 budget is not None and (rows + n) * new_width > budget
             )
             if current and full:
-                batches.append(current)
+                plan.append(current)
                 current, rows, new_width = [], 0, widths[i]
             current.append(i)
             rows += n
             width = new_width
         if current:
-            batches.append(current)
-        return batches
+            plan.append(current)
+        return [_batch_of(pairs, idx, tuple(encoded[i] for i in idx)) for idx in plan]
 
     def _record_stats(self, encoded: list[list[_Window]]) -> None:
         windows = sum(len(w) for w in encoded)
@@ -260,23 +238,20 @@ class TokenizedReranker(Reranker):
     # ----------------------------------------------------------------- scoring
 
     def _score_pairs(self, pairs: Sequence[Pair]) -> list[float]:
-        with self._stash_lock:
-            known = [self._stash.pop(p, None) for p in pairs]
-        missing = [i for i, w in enumerate(known) if w is None]
-        if missing:  # called without a plan, or a duplicate pair whose encoding was used already
-            fresh = self._tokenize([pairs[i] for i in missing])
-            for i, windows in zip(missing, fresh, strict=True):
-                known[i] = windows
+        """Score pairs as one batch, tokenizing them here (the planned path is :meth:`_prepare`)."""
+        return self._score_batch(_batch_of(pairs, range(len(pairs)), tuple(self._tokenize(pairs))))
+
+    def _score_batch(self, batch: Batch) -> list[float]:
+        """Pad the batch's token windows, run the model, keep each pair's best window."""
         rows: list[_Window] = []
         owner: list[int] = []
-        for i, entry in enumerate(known):
-            windows = entry or []  # filled above; an empty list never occurs
+        for i, windows in enumerate(batch.payload):
             kept = windows if self.max_chunks is None else windows[: self.max_chunks]
             rows.extend(kept)
             owner.extend([i] * len(kept))
         logits = np.asarray(self._forward(self._pad(rows)), dtype=np.float64)
         window_scores = self._logits_to_scores(logits)
-        best = np.full(len(pairs), -np.inf)
+        best = np.full(len(batch.pairs), -np.inf)
         np.maximum.at(best, np.asarray(owner), window_scores)
         return [float(s) for s in best]
 

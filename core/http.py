@@ -23,11 +23,11 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rerank_core.base import Pair, Reranker, RerankerError, ScoringError
+from rerank_core.base import Batch, Pair, Reranker, RerankerError, ScoringError, _batch_of
+from rerank_core.validation import check_positive_int
 
 try:
     import httpx
@@ -417,11 +417,12 @@ class HTTPReranker(Reranker):
                 f"max_documents_per_request must be a positive int or None, got {per_request!r}"
             )
         super().__init__(
-            batch_size=per_request, rerank_window=rerank_window, should_rerank=should_rerank
+            batch_size=per_request,
+            max_concurrency=max_concurrency,
+            rerank_window=rerank_window,
+            should_rerank=should_rerank,
         )
-        for name, count in (("max_attempts", max_attempts), ("max_concurrency", max_concurrency)):
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise ValueError(f"{name} must be a positive int, got {count!r}")
+        check_positive_int("max_attempts", max_attempts, allow_none=False)
         for name, number in (
             ("timeout", timeout),
             ("backoff", backoff),
@@ -437,7 +438,6 @@ class HTTPReranker(Reranker):
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
         self.max_retry_after = float(max_retry_after)
-        self.max_concurrency = max_concurrency
 
         if model is not None and (not isinstance(model, str) or not model.strip()):
             raise ValueError(f"model must be a non-empty string or None, got {model!r}")
@@ -542,14 +542,14 @@ class HTTPReranker(Reranker):
 
     # ----------------------------------------------------------------- batching
 
-    def _batch_plan(self, pairs: Sequence[Pair]) -> list[list[int]]:
+    def _prepare(self, pairs: Sequence[Pair]) -> list[Batch]:
         """One request per query and chunk of at most ``batch_size`` documents, input order."""
         by_query: dict[str, list[int]] = {}
         for i, (query, _) in enumerate(pairs):
             by_query.setdefault(query, []).append(i)
         size = self.batch_size
         return [
-            indices[start : start + size]
+            _batch_of(pairs, indices[start : start + size])
             for indices in by_query.values()
             for start in range(0, len(indices), size)
         ]
@@ -559,57 +559,6 @@ class HTTPReranker(Reranker):
         if len(queries) != 1:
             raise ValueError(f"one request carries one query; got {len(queries)} queries")
         return pairs[0][0], [d for _, d in pairs]
-
-    def score_pairs(self, pairs: Sequence[Pair]) -> list[float]:
-        """Score ``(query, document)`` pairs of any number of queries; one float per pair.
-
-        Requests run on a pooled connection, up to ``max_concurrency`` at once.
-        """
-        checked = self._check_pairs(pairs)
-        if not checked:
-            return []
-        batches = self._batch_plan(checked)
-        out: list[float | None] = [None] * len(checked)
-
-        def run(batch: list[int]) -> Sequence[float]:
-            return self._score_pairs([checked[i] for i in batch])
-
-        if len(batches) == 1:
-            results = [run(batches[0])]
-        else:
-            with ThreadPoolExecutor(min(self.max_concurrency, len(batches))) as pool:
-                results = list(pool.map(run, batches))
-        for batch, scores in zip(batches, results, strict=True):
-            self._scatter(batch, scores, out)
-        return self._finite(out)
-
-    async def ascore_pairs(self, pairs: Sequence[Pair]) -> list[float]:
-        """Async twin of :meth:`score_pairs` on a real async client; the loop is never blocked.
-
-        When one request fails for good, the others of the same call are cancelled.
-        """
-        checked = self._check_pairs(pairs)
-        if not checked:
-            return []
-        batches = self._batch_plan(checked)
-        out: list[float | None] = [None] * len(checked)
-        gate = asyncio.Semaphore(self.max_concurrency)
-
-        async def run(batch: list[int]) -> Sequence[float]:
-            async with gate:
-                return await self._ascore_pairs([checked[i] for i in batch])
-
-        tasks = [asyncio.ensure_future(run(b)) for b in batches]
-        try:
-            results = await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        for batch, scores in zip(batches, results, strict=True):
-            self._scatter(batch, scores, out)
-        return self._finite(out)
 
     # ----------------------------------------------------------------- one request
 
@@ -626,8 +575,8 @@ class HTTPReranker(Reranker):
                 return self._read(response, len(documents), number)
         raise AssertionError("unreachable: the retry loop returns or raises")
 
-    async def _ascore_pairs(self, pairs: Sequence[Pair]) -> list[float]:
-        query, documents = self._split(pairs)
+    async def _ascore_batch(self, batch: Batch) -> list[float]:
+        query, documents = self._split(batch.pairs)
         body = self._body(query, documents)
         async for attempt in AsyncRetrying(**self._retry_policy()):
             with attempt:

@@ -83,6 +83,19 @@ def _fingerprint(source: str, revision: str | None) -> str:
     return h.hexdigest()[:16]
 
 
+def _providers_for(device: str | None, ort: Any) -> list[Any]:
+    if device is None or device == "cpu":
+        return ["CPUExecutionProvider"]
+    kind, _, index = str(device).partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ValueError(f"device must be None, 'cpu', 'cuda' or 'cuda:N' for ONNX, got {device!r}")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise ValueError(
+            f"device={device!r} needs ONNX Runtime's CUDA provider: pip install onnxruntime-gpu"
+        )
+    return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
+
+
 def _writable(folder: Path) -> bool:
     return folder.is_dir() and os.access(folder, os.W_OK)
 
@@ -113,7 +126,10 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
             ``min(32, max_length // 4)``.
         max_chunks: Most windows scored per passage; ``None`` scores all.
         num_threads: ONNX Runtime intra-op threads; ``None`` uses one per physical core.
-        providers: ONNX Runtime execution providers; default ``["CPUExecutionProvider"]``.
+        providers: ONNX Runtime execution providers; default: from ``device``.
+        device: ``None`` or ``"cpu"`` runs on ``CPUExecutionProvider``; ``"cuda"`` or
+            ``"cuda:N"`` on ``CUDAExecutionProvider`` (needs ``onnxruntime-gpu``). Ignored when
+            ``providers`` is given.
         optimize: Fuse kernels with ONNX Runtime's transformer optimizer (BERT-family models).
         rerank_window: See :class:`~rerank_core.Reranker`.
         should_rerank: See :class:`~rerank_core.Reranker`.
@@ -143,6 +159,7 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
         max_chunks: int | None = None,
         num_threads: int | None = None,
         providers: Sequence[str] | None = None,
+        device: str | None = None,
         optimize: bool = True,
         rerank_window: int | None = None,
         should_rerank: Callable[[str], bool] | None = None,
@@ -201,7 +218,7 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
         self.session = ort.InferenceSession(
             str(self.onnx_path),
             sess_options=options,
-            providers=list(providers or ["CPUExecutionProvider"]),
+            providers=list(providers) if providers else _providers_for(device, ort),
         )
         self._input_names = {i.name for i in self.session.get_inputs()}
         logger.info(

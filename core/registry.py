@@ -1,101 +1,187 @@
-"""Pick a local backend by name: ``load_reranker(model, backend="onnx-int8")``.
+"""The one factory: ``load_reranker(model, backend=...)`` builds every reranker the product has.
 
-=============  ==============================================================================
-backend        what runs
-=============  ==============================================================================
-``torch``      :class:`~rerank_core.CrossEncoderScorer`, fp32 on CPU (exact), fp16 on CUDA
-``torch-bf16`` the same under bf16 autocast: several times faster on CPUs with AMX/AVX512-BF16
-``onnx``       :class:`~rerank_core.OnnxCrossEncoderScorer`, fp32 with fused kernels
-``onnx-int8``  the same, dynamically quantised to int8 (fastest on CPU)
-=============  ==============================================================================
+Every entry point (the CLI commands, the server, the adapters' ``from_model``, the RAG chain)
+builds its reranker here, and every ``--backend`` choice comes from :data:`BACKENDS`. A new
+backend is one module plus one :class:`Backend` row below; it is then usable everywhere.
+
+==============  =================================================================================
+backend         what runs
+==============  =================================================================================
+``torch``       :class:`~rerank_core.CrossEncoderScorer`, fp32 on CPU (exact), fp16 on CUDA
+``torch-bf16``  the same under bf16 autocast: several times faster on CPUs with AMX/AVX512-BF16
+``onnx``        :class:`~rerank_core.OnnxCrossEncoderScorer`, fp32 with fused kernels
+``onnx-int8``   the same, dynamically quantised to int8 (fastest on CPU)
+``http``        :class:`~rerank_core.HTTPReranker`: a hosted or self-hosted rerank API
+                (``provider=`` one of :data:`~rerank_core.http.PROVIDERS`)
+==============  =================================================================================
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from rerank_core.base import Reranker
 
-__all__ = ["BACKENDS", "load_reranker"]
+__all__ = ["BACKENDS", "Backend", "backend_names", "load_reranker"]
 
 
-def _torch(model: str | None, **kwargs: Any) -> Reranker:
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One way of building a reranker.
+
+    Attributes:
+        name: The name users pass as ``backend=`` / ``--backend``.
+        build: ``build(model, **options) -> Reranker``; ``model`` is a Hugging Face id or local
+            folder (``None``: the bundled model) for local backends, the remote model name for
+            ``http``.
+        summary: One line for help texts.
+        extra: The optional dependency group it needs beyond the core, if any (``"onnx"``:
+            ``pip install 'rag-rerank[onnx]'``).
+        local: Whether it runs a model in this process (``False`` for remote APIs).
+        precision: What its matrix products run in (``"fp32"``, ``"bf16"``, ``"int8"``);
+            ``None`` when it follows the ``dtype`` option.
+    """
+
+    name: str
+    build: Callable[..., Reranker]
+    summary: str
+    extra: str | None = None
+    local: bool = True
+    precision: str | None = None
+
+    def __call__(self, model: str | None, **options: Any) -> Reranker:
+        """Build the reranker: ``build(model, **options)``."""
+        return self.build(model, **options)
+
+
+def _torch(model: str | None, **options: Any) -> Reranker:
     from rerank_core.cross_encoder import CrossEncoderScorer
 
-    return CrossEncoderScorer(model, **kwargs)
+    return CrossEncoderScorer(model, **options)
 
 
-def _torch_bf16(model: str | None, **kwargs: Any) -> Reranker:
+def _torch_bf16(model: str | None, **options: Any) -> Reranker:
     from rerank_core.cross_encoder import CrossEncoderScorer, pick_device
 
-    device = pick_device(kwargs.get("device"))
+    device = pick_device(options.get("device"))
     if device.startswith("cuda") or device == "mps":
-        kwargs.setdefault("dtype", "bfloat16")
+        options.setdefault("dtype", "bfloat16")
     else:
-        kwargs.setdefault("autocast", "bfloat16")
-    return CrossEncoderScorer(model, **kwargs)
+        options.setdefault("autocast", "bfloat16")
+    return CrossEncoderScorer(model, **options)
 
 
-def _onnx(model: str | None, **kwargs: Any) -> Reranker:
+def _onnx(model: str | None, **options: Any) -> Reranker:
     from rerank_core.onnx_backend import OnnxCrossEncoderScorer
 
-    return OnnxCrossEncoderScorer(model, **kwargs)
+    return OnnxCrossEncoderScorer(model, **options)
 
 
-def _onnx_int8(model: str | None, **kwargs: Any) -> Reranker:
-    from rerank_core.onnx_backend import OnnxCrossEncoderScorer
-
-    kwargs.setdefault("quantize", "int8")
-    return OnnxCrossEncoderScorer(model, **kwargs)
+def _onnx_int8(model: str | None, **options: Any) -> Reranker:
+    options.setdefault("quantize", "int8")
+    return _onnx(model, **options)
 
 
-#: Backend name -> constructor taking ``(model_name_or_path, **kwargs)``.
-BACKENDS: dict[str, Callable[..., Reranker]] = {
-    "torch": _torch,
-    "torch-bf16": _torch_bf16,
-    "onnx": _onnx,
-    "onnx-int8": _onnx_int8,
+def _http(model: str | None, **options: Any) -> Reranker:
+    from rerank_core.http import HTTPReranker
+
+    provider = options.pop("provider", None)
+    if provider is None:
+        raise ValueError(
+            "backend='http' needs provider= (one of cohere, jina, siliconflow, tei, infinity, "
+            "generic); generic also needs base_url="
+        )
+    return HTTPReranker(provider, model=model, **options)
+
+
+#: Every backend, by name.
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend("torch", _torch, "transformers + torch; fp32 on CPU (exact), fp16 on CUDA"),
+        Backend(
+            "torch-bf16",
+            _torch_bf16,
+            "torch under bf16 autocast (fast on CPUs with AMX/AVX512-BF16)",
+            precision="bf16",
+        ),
+        Backend(
+            "onnx", _onnx, "ONNX Runtime, fp32 with fused kernels", extra="onnx", precision="fp32"
+        ),
+        Backend(
+            "onnx-int8",
+            _onnx_int8,
+            "ONNX Runtime, dynamic int8 (fastest on CPU)",
+            extra="onnx",
+            precision="int8",
+        ),
+        Backend(
+            "http",
+            _http,
+            "a rerank API: provider= cohere, jina, siliconflow, tei, infinity or generic",
+            extra="remote",
+            local=False,
+        ),
+    )
 }
 
 
+def backend_names(*, local: bool | None = None) -> list[str]:
+    """Names of the registered backends, in registry order.
+
+    Args:
+        local: ``True`` for backends that run a model in this process, ``False`` for remote
+            ones, ``None`` for all.
+    """
+    return [name for name, b in BACKENDS.items() if local is None or b.local == local]
+
+
 def load_reranker(
-    model_name_or_path: str | os.PathLike[str] | None = None,
+    model: str | os.PathLike[str] | None = None,
     *,
     backend: str = "torch",
     cache_entries: int | None = None,
-    **kwargs: Any,
+    **options: Any,
 ) -> Reranker:
-    """Load a local cross-encoder with the named backend.
+    """Build a reranker: a local model with the named backend, or a remote rerank API.
 
     Args:
-        model_name_or_path: Hugging Face id or local folder; ``None`` uses the bundled reranker.
+        model: Local backends: Hugging Face id or local folder; ``None`` uses the bundled
+            reranker. ``http``: the remote model name (``None``: the provider's default).
         backend: One of :data:`BACKENDS`: ``"torch"``, ``"torch-bf16"``, ``"onnx"``,
-            ``"onnx-int8"``.
-        cache_entries: Wrap the scorer in a :class:`~rerank_core.CachedReranker` holding at most
-            this many scores; ``None`` (default) caches nothing.
-        **kwargs: Passed to the backend's constructor (``device``, ``batch_size``,
-            ``max_batch_tokens``, ``chunking``, ``num_threads``, ...).
+            ``"onnx-int8"``, ``"http"``.
+        cache_entries: Wrap the reranker in a :class:`~rerank_core.CachedReranker` holding at
+            most this many scores; ``None`` (default) caches nothing.
+        **options: Passed to the backend's class. Local backends share ``device``,
+            ``max_length``, ``batch_size``, ``max_batch_tokens``, ``normalize``, ``chunking``,
+            ``num_threads``, ``rerank_window`` and ``should_rerank``; ``http`` takes
+            ``provider`` (required), ``base_url``, ``api_key`` and the other
+            :class:`~rerank_core.HTTPReranker` options.
 
     Returns:
         A :class:`~rerank_core.Reranker`.
 
     Raises:
-        ValueError: ``backend`` is not a known name.
+        ValueError: ``backend`` is not a known name, or an option is invalid.
+        TypeError: an option the backend does not take.
         ImportError: the backend's extra is missing (the message names it).
 
     Example:
         >>> scorer = load_reranker(backend="onnx-int8", cache_entries=10_000)  # doctest: +SKIP
+        >>> remote = load_reranker(
+        ...     backend="http", provider="generic", base_url="http://127.0.0.1:8000"
+        ... )  # doctest: +SKIP
     """
-    try:
-        make = BACKENDS[backend]
-    except KeyError:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}") from None
-    model = str(model_name_or_path) if model_name_or_path else None
-    scorer = make(model, **kwargs)
+    spec = BACKENDS.get(backend) if isinstance(backend, str) else None
+    if spec is None:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {backend_names()}")
+    name = os.fspath(model) if model else None
+    reranker = spec(name, **options)
     if cache_entries is not None:
         from rerank_core.cache import CachedReranker
 
-        scorer = CachedReranker(scorer, max_entries=cache_entries)
-    return scorer
+        reranker = CachedReranker(reranker, max_entries=cache_entries)
+    return reranker

@@ -148,6 +148,9 @@ def _label(c: Candidate) -> str:
 
 def register(app: typer.Typer) -> None:
     """Add ``ask`` and ``index`` to ``app``."""
+    from rerank_core.registry import backend_names
+
+    LOCAL_BACKENDS = ", ".join(backend_names(local=True))  # read by --backend's help
 
     @app.command("index")
     def index_command(
@@ -210,6 +213,12 @@ def register(app: typer.Typer) -> None:
             envvar="RAG_RERANK_MODEL",
             help="Reranker: hub id or folder (default: the bundled model).",
         ),
+        backend: str = typer.Option(
+            "torch",
+            "--backend",
+            envvar="RAG_RERANK_BACKEND",
+            help=f"Reranker backend: {LOCAL_BACKENDS}.",
+        ),
         chunking: bool = typer.Option(
             True,
             "--chunking/--no-chunking",
@@ -242,10 +251,10 @@ def register(app: typer.Typer) -> None:
             DEFAULT_COLLECTION,
             ChainError,
             LLMSettings,
+            build_reranker,
             chroma_client,
             index_passages,
             load_corpus,
-            load_reranker,
             open_collection,
             sample_corpus_path,
         )
@@ -275,7 +284,9 @@ def register(app: typer.Typer) -> None:
                 report = index_passages(col, load_corpus(source))
                 if report.added:
                     typer.echo(f"indexed {report.added} new passages from {source}")
-            reranker = load_reranker(reranker_model, rerank_window=rerank_window, chunking=chunking)
+            reranker = build_reranker(
+                reranker_model, backend=backend, rerank_window=rerank_window, chunking=chunking
+            )
             run, llm = _run_chain(
                 framework,
                 client,

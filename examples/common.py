@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 from rerank_core import Reranker
-from rerank_core.base import Pair
+from rerank_core.base import Batch, Pair, RerankerWrapper
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -46,6 +46,7 @@ __all__ = [
     "LocalChatGenerator",
     "Passage",
     "RecordingReranker",
+    "build_reranker",
     "chroma_client",
     "classify_candidates",
     "default_persist_dir",
@@ -53,7 +54,6 @@ __all__ = [
     "embedding_model_path",
     "index_passages",
     "load_corpus",
-    "load_reranker",
     "numbered_sources",
     "open_collection",
     "sample_corpus_path",
@@ -423,30 +423,42 @@ def index_passages(
 # --------------------------------------------------------------------------- reranker
 
 
-def load_reranker(
-    model: str | None = None, *, rerank_window: int | None = None, chunking: bool = True
+def build_reranker(
+    model: str | None = None,
+    *,
+    backend: str = "torch",
+    rerank_window: int | None = None,
+    chunking: bool = True,
 ) -> Reranker:
-    """A :class:`~rerank_core.CrossEncoderScorer`: ``model`` (hub id or folder) or the bundled one.
+    """The chain's reranker, built by :func:`rerank_core.load_reranker`.
 
-    Chunking is on by default: indexed passages run to 1000 characters, past the bundled model's
-    192-token window, and a truncated passage is judged by its start alone.
+    Args:
+        model: Hub id or folder; ``None`` uses the bundled model.
+        backend: Any name of :data:`rerank_core.registry.BACKENDS` that runs a local model.
+        rerank_window: Rerank only the first K recalled passages.
+        chunking: On by default: indexed passages run to 1000 characters, past the bundled
+            model's 192-token window, and a truncated passage is judged by its start alone.
 
     Raises:
         ChainError: the model cannot be loaded (the message says how to name another).
     """
-    from rerank_core import CrossEncoderScorer
+    from rerank_core import load_reranker
 
     try:
-        return CrossEncoderScorer(model or None, rerank_window=rerank_window, chunking=chunking)
+        return load_reranker(
+            model or None, backend=backend, rerank_window=rerank_window, chunking=chunking
+        )
     except FileNotFoundError as exc:
         raise ChainError(
             f"{exc}. Name a reranker with --reranker-model or RAG_RERANK_MODEL."
         ) from None
-    except (OSError, ValueError) as exc:
-        raise ChainError(f"cannot load the reranker {model!r}: {exc}") from None
+    except ImportError as exc:
+        raise ChainError(str(exc)) from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise ChainError(f"cannot load the reranker {model!r} ({backend}): {exc}") from None
 
 
-class RecordingReranker(Reranker):
+class RecordingReranker(RerankerWrapper):
     """Wraps a reranker and remembers every score it gives, so a trace can show dropped ones.
 
     The adapters apply ``top_n`` and the threshold and return only what they keep; the scores
@@ -456,24 +468,22 @@ class RecordingReranker(Reranker):
 
     def __init__(self, inner: Reranker) -> None:
         super().__init__(
-            batch_size=inner.batch_size,
-            rerank_window=inner.rerank_window,
-            should_rerank=inner.should_rerank,
+            inner, rerank_window=inner.rerank_window, should_rerank=inner.should_rerank
         )
-        self.inner = inner
-        self.model_name = inner.model_name
         self._scores: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()
 
-    def _score_pairs(self, pairs: Sequence[Pair]) -> Sequence[float]:
-        scores = self.inner._score_pairs(pairs)
+    def _record(self, pairs: Sequence[Pair], scores: list[float]) -> list[float]:
         with self._lock:
-            for (query, doc), score in zip(pairs, scores, strict=False):
-                self._scores.setdefault(query, {})[doc] = float(score)
+            for (query, doc), score in zip(pairs, scores, strict=True):
+                self._scores.setdefault(query, {})[doc] = score
         return scores
 
-    def _batch_plan(self, pairs: Sequence[Pair]) -> list[list[int]]:
-        return self.inner._batch_plan(pairs)
+    def _score_pairs(self, pairs: Sequence[Pair]) -> list[float]:
+        return self._record(pairs, self.inner.score_pairs(pairs))
+
+    async def _ascore_batch(self, batch: Batch) -> list[float]:
+        return self._record(batch.pairs, await self.inner.ascore_pairs(batch.pairs))
 
     def pop_scores(self, query: str) -> dict[str, float]:
         """Scores given for ``query`` since the last call, keyed by document text."""

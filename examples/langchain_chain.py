@@ -1,11 +1,11 @@
 """The RAG chain in LangChain: Chroma recall -> CrossEncoderReranker -> numbered prompt -> LLM.
 
 Example:
-    >>> from rerank_examples.common import chroma_client, load_reranker
+    >>> from rerank_examples.common import chroma_client, build_reranker
     >>> from rerank_examples.langchain_chain import build_chain, build_chat_model
     >>> chain = build_chain(
     ...     chroma_client("./chroma"),
-    ...     reranker=load_reranker(),
+    ...     reranker=build_reranker(),
     ...     llm=build_chat_model(),
     ... )  # doctest: +SKIP
     >>> run = chain.invoke("What is artificial intelligence?")  # doctest: +SKIP

@@ -1,9 +1,9 @@
 """The RAG chain in LlamaIndex: a Chroma ``VectorStoreIndex`` with ``CrossEncoderRerank``.
 
 Example:
-    >>> from rerank_examples.common import chroma_client, load_reranker
+    >>> from rerank_examples.common import chroma_client, build_reranker
     >>> from rerank_examples.llamaindex_chain import LlamaIndexRag, build_llm
-    >>> rag = LlamaIndexRag(chroma_client("./chroma"), reranker=load_reranker(), llm=build_llm())
+    >>> rag = LlamaIndexRag(chroma_client("./chroma"), reranker=build_reranker(), llm=build_llm())
     >>> response = rag.query_engine.query("What is artificial intelligence?")  # doctest: +SKIP
     >>> print(response, [n.node.node_id for n in response.source_nodes])  # doctest: +SKIP
 """

@@ -123,22 +123,21 @@ def _st_backend(m: BenchModel) -> ScoreFn:
 
 
 def _registry_backend(backend: str) -> Callable[[BenchModel], ScoreFn]:
-    """rag-rerank's own backend ``backend`` (see :data:`rerank_core.BACKENDS`)."""
+    """rag-rerank's own backend ``backend`` (see :data:`rerank_core.registry.BACKENDS`)."""
 
     def make(m: BenchModel) -> ScoreFn:
         import torch
 
         from rerank_core.registry import load_reranker
 
-        kwargs: dict[str, Any] = {"max_length": m.max_length, "batch_size": m.batch_size}
-        if backend.startswith("onnx"):
-            if m.device != "cpu":
-                raise ValueError(f"the {backend} backend is timed on the CPU only")
-            # ONNX Runtime gets the same thread count as the torch backends.
-            kwargs["num_threads"] = torch.get_num_threads()
-        else:
-            kwargs["device"] = m.device
-        if backend == "torch":
+        kwargs: dict[str, Any] = {
+            "max_length": m.max_length,
+            "batch_size": m.batch_size,
+            "device": m.device,
+            # every backend gets the thread count torch uses
+            "num_threads": torch.get_num_threads(),
+        }
+        if BACKENDS_PRECISION.get(backend) is None:  # follows dtype
             kwargs["dtype"] = m.dtype
         return load_reranker(m.path, backend=backend, **kwargs).score
 
@@ -146,25 +145,32 @@ def _registry_backend(backend: str) -> Callable[[BenchModel], ScoreFn]:
     return make
 
 
-#: Backend name -> factory. Adding a backend is one line here: a function that takes a
-#: :class:`BenchModel` and returns ``score(query, documents)`` giving probabilities.
+def _local_backends() -> dict[str, Any]:
+    from rerank_core.registry import BACKENDS as REGISTRY
+
+    return {name: b for name, b in REGISTRY.items() if b.local}
+
+
+#: What each rag-rerank backend's matrix products run in (``None``: its ``dtype``).
+BACKENDS_PRECISION: dict[str, str | None] = {
+    name: b.precision for name, b in _local_backends().items()
+}
+
+#: Backend name -> factory: the two references, then every local backend of the registry.
+#: A backend here is a function that takes a :class:`BenchModel` and returns
+#: ``score(query, documents)`` giving probabilities.
 BACKENDS: dict[str, Callable[[BenchModel], ScoreFn]] = {
     "loop": _loop_backend,
     "sentence-transformers": _st_backend,
-    "torch": _registry_backend("torch"),
-    "torch-bf16": _registry_backend("torch-bf16"),
-    "onnx": _registry_backend("onnx"),
-    "onnx-int8": _registry_backend("onnx-int8"),
+    **{name: _registry_backend(name) for name in _local_backends()},
 }
 
-# The arithmetic each backend's matrix products run in, for its fraction of the GEMM peak.
-_FIXED_PRECISION = {"torch-bf16": "bf16", "onnx": "fp32", "onnx-int8": "int8"}
 _DTYPE_PRECISION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 def backend_precision(backend: str, dtype: str = "float32") -> str:
     """``fp32``, ``bf16``, ``fp16`` or ``int8``: what ``backend`` multiplies in."""
-    return _FIXED_PRECISION.get(backend, _DTYPE_PRECISION[dtype])
+    return BACKENDS_PRECISION.get(backend) or _DTYPE_PRECISION[dtype]
 
 
 # --------------------------------------------------------------------------- inputs

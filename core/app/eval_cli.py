@@ -27,6 +27,9 @@ def _parse_models(items: list[str]) -> dict[str, str]:
 
 def register(app: typer.Typer) -> None:
     """Add ``eval`` to ``app``."""
+    from rerank_core.registry import BACKENDS, backend_names, load_reranker
+
+    BACKEND_LIST = ", ".join(backend_names())  # read by the option's help
 
     @app.command("eval")
     def eval_command(
@@ -69,8 +72,15 @@ def register(app: typer.Typer) -> None:
             [],
             "--backend",
             "-b",
-            help="Local backend for every model (torch, torch-bf16, onnx, onnx-int8); repeat to "
-            "compare them. Default: torch.",
+            help=f"Backend for every model, one of {BACKEND_LIST}; repeat to "
+            "compare them. Default: torch. With http, --model names the remote model "
+            "(default: the provider's).",
+        ),
+        provider: str = typer.Option(
+            None, help="--backend http: cohere, jina, siliconflow, tei, infinity or generic."
+        ),
+        base_url: str = typer.Option(
+            None, help="--backend http: the service root, e.g. http://127.0.0.1:8000."
         ),
         device: str = typer.Option(None, help="Device for the cross-encoders (default: best)."),
         batch_size: int = typer.Option(32, help="Pairs per forward pass."),
@@ -89,8 +99,12 @@ def register(app: typer.Typer) -> None:
         bi = ev.BiEncoderScorer(device=device) if bi_encoder else None
         if bi is not None:
             rerankers["bi-encoder"] = bi
+        names = list(dict.fromkeys(backend or ["torch"]))
+        unknown = sorted(set(names) - set(BACKENDS))
+        if unknown:
+            raise typer.BadParameter(f"unknown --backend {unknown}; known: {backend_names()}")
         models = _parse_models(model)
-        if not models:
+        if not models and any(BACKENDS[b].local for b in names):
             from rerank_core.cross_encoder import DEFAULT_MODEL_DIR
 
             if (DEFAULT_MODEL_DIR / "config.json").is_file():
@@ -103,21 +117,22 @@ def register(app: typer.Typer) -> None:
             "max_length": max_length,
             "chunking": chunking,
         }
-        if backend and backend != ["torch"]:
-            from rerank_core.registry import BACKENDS, load_reranker
-
-            unknown = sorted(set(backend) - set(BACKENDS))
-            if unknown:
-                raise typer.BadParameter(f"unknown --backend {unknown}; known: {sorted(BACKENDS)}")
-            for label, path in models.items():
-                for b in dict.fromkeys(backend):
-                    kwargs = {k: v for k, v in scorer_kwargs.items() if v is not None}
-                    if b.startswith("onnx"):
-                        kwargs.pop("device", None)
-                    key = label if len(backend) == 1 else f"{label} [{b}]"
-                    rerankers[key] = load_reranker(path, backend=b, **kwargs)
-        else:
-            rerankers.update(models)
+        local_options = {k: v for k, v in scorer_kwargs.items() if v is not None}
+        remote_options = {k: v for k, v in (("provider", provider), ("base_url", base_url)) if v}
+        for b in names:
+            spec = BACKENDS[b]
+            targets: dict[str, str | None] = dict(models)
+            if not spec.local and not targets:
+                targets = {provider or "remote": None}
+            options = local_options if spec.local else remote_options
+            for label, path in targets.items():
+                key = label if len(names) == 1 else f"{label} [{b}]"
+                try:
+                    rerankers[key] = load_reranker(path, backend=b, **options)
+                except (ValueError, TypeError, ImportError, OSError) as exc:
+                    raise typer.BadParameter(
+                        f"cannot build the {b} reranker {label}: {exc}"
+                    ) from None
         common = {
             "windows": window,
             "thresholds": threshold,

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank_core.app.data import iter_jsonl
-from rerank_core.base import Pair, Reranker, RerankResult
+from rerank_core.base import Batch, Pair, Reranker, RerankResult
 
 logger = logging.getLogger(__name__)
 
@@ -285,9 +285,14 @@ class BiEncoderScorer(Reranker):
             show_progress_bar=False,
         )
 
-    def _batch_plan(self, pairs: Sequence[Pair]) -> list[list[int]]:
-        # One plan for all pairs: each distinct query is embedded once, not once per batch.
-        return [list(range(len(pairs)))] if pairs else []
+    def _prepare(self, pairs: Sequence[Pair]) -> list[Batch]:
+        # One batch for all pairs: each distinct query is embedded once, not once per batch.
+        return [Batch(tuple(range(len(pairs))), tuple(pairs))]
+
+    @property
+    def score_scale(self) -> str:
+        """Cosine similarities in [-1, 1]."""
+        return "similarity"
 
     def _score_pairs(self, pairs: Sequence[Pair]) -> list[float]:
         queries = sorted({q for q, _ in pairs})
@@ -684,9 +689,9 @@ def _as_reranker(name: str, value: Reranker | str | os.PathLike[str], **kwargs: 
     if isinstance(value, Reranker):
         return value
     if isinstance(value, (str, os.PathLike)):
-        from rerank_core.cross_encoder import CrossEncoderScorer
+        from rerank_core.registry import load_reranker
 
-        return CrossEncoderScorer(value, **kwargs)
+        return load_reranker(value, **kwargs)
     raise TypeError(
         f"rerankers[{name!r}] must be a Reranker or a model path/id, got {type(value).__name__}"
     )

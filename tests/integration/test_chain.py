@@ -27,10 +27,10 @@ from typer.testing import CliRunner
 from rerank_examples import cli as chain_cli
 from rerank_examples.common import (
     NO_ANSWER,
+    build_reranker,
     chroma_client,
     index_passages,
     load_corpus,
-    load_reranker,
     open_collection,
     sample_corpus_path,
 )
@@ -440,8 +440,8 @@ def test_chain_reranker_reads_a_whole_indexed_passage() -> None:
     )
     passage = sentence * ((1000 - len(answer)) // len(sentence)) + answer
     assert len(passage) <= 1000
-    chained = load_reranker()
-    truncated = load_reranker(chunking=False)
+    chained = build_reranker()
+    truncated = build_reranker(chunking=False)
     assert truncated.count_tokens([(QUESTION, passage)]) == [truncated.max_length]
     whole, start = chained.score(QUESTION, [passage])[0], truncated.score(QUESTION, [passage])[0]
     assert whole > 0.5 > start

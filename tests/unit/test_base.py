@@ -4,41 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
+import threading
 from collections.abc import Sequence
 
 import pytest
 
-from rerank_core import Reranker, RerankResult, ScoringError
+from rerank_core import RerankResult, ScoringError
 from rerank_core.base import Pair
-
-
-class WordOverlap(Reranker):
-    """Scores a pair by the share of query words found in the document; records its calls."""
-
-    model_name = "word-overlap"
-
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.calls: list[list[Pair]] = []
-
-    def _score_pairs(self, pairs: Sequence[Pair]) -> list[float]:
-        self.calls.append(list(pairs))
-        out = []
-        for q, d in pairs:
-            words = q.lower().split()
-            out.append(sum(w in d.lower() for w in words) / len(words))
-        return out
-
-
-class Broken(Reranker):
-    def __init__(self, result: list[float], **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.result = result
-
-    def _score_pairs(self, pairs: Sequence[Pair]) -> list[float]:
-        return self.result
-
+from tests.fakes import Broken, WordOverlap
 
 DOCS = [
     "apples are red",
@@ -179,20 +152,25 @@ async def test_async_agrees_with_sync() -> None:
 
 
 async def test_async_does_not_block_the_event_loop() -> None:
-    class Slow(WordOverlap):
+    # The backend waits for an event that only a coroutine on the loop can set: if scoring ran
+    # on the loop thread, the event could never be set and the backend would time out.
+    class WaitsForTheLoop(WordOverlap):
+        def __init__(self) -> None:
+            super().__init__()
+            self.loop_ran = threading.Event()
+
         def _score_pairs(self, pairs: Sequence[Pair]) -> list[float]:
-            time.sleep(0.3)
+            assert self.loop_ran.wait(10), "the event loop did not run while scoring"
             return super()._score_pairs(pairs)
 
-    ticks = 0
+    r = WaitsForTheLoop()
 
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
+    async def set_soon() -> None:
+        await asyncio.sleep(0.01)
+        r.loop_ran.set()
 
-    task = asyncio.create_task(ticker())
-    await Slow().arerank(QUERY, DOCS)
-    task.cancel()
-    assert ticks >= 10  # the loop kept running while the backend slept
+    setter = asyncio.create_task(set_soon())
+    results = await r.arerank(QUERY, DOCS)
+    await setter
+    assert [x.index for x in results] == [2, 3, 0, 1]
+    assert threading.get_ident() not in r.threads

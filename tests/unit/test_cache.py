@@ -2,31 +2,10 @@
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Sequence
-
 import pytest
 
-from rerank_core import CachedReranker, Reranker, ScoreCache
-
-
-class CountingScorer(Reranker):
-    """Scores a pair by a checksum of its text, and records every pair it scores."""
-
-    model_name = "counting"
-
-    def __init__(self, salt: int = 0, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.salt = salt
-        self.seen: list[tuple[str, str]] = []
-
-    def _score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        self.seen.extend(pairs)
-        return [(zlib.crc32(f"{q}|{d}".encode()) % 1000 + self.salt) / 1000 for q, d in pairs]
-
-    def identity(self) -> dict[str, object]:
-        return {**super().identity(), "salt": self.salt}
-
+from rerank_core import CachedReranker, ScoreCache
+from tests.fakes import CountingScorer
 
 DOCS = [f"passage number {i}" for i in range(10)]
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from rerank_core import Reranker
 from rerank_examples.common import (
     Candidate,
     CorpusError,
@@ -20,21 +18,9 @@ from rerank_examples.common import (
     numbered_sources,
     sample_corpus_path,
 )
+from tests.fakes import LengthScorer
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class LengthScorer(Reranker):
-    """Scores a pair by how many query words the document shares, as a probability-like value."""
-
-    model_name = "length-scorer"
-
-    def _score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        out = []
-        for q, d in pairs:
-            words = set(q.lower().split())
-            out.append(len(words & set(d.lower().split())) / max(len(words), 1))
-        return out
 
 
 # --------------------------------------------------------------------------- corpus

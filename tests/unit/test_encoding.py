@@ -55,8 +55,13 @@ def _direct_scores(model_dir: Path, rows: list[tuple[list[int], list[int]]]) -> 
 
 def test_plan_covers_every_pair_once_and_respects_the_budget(tiny_model_dir: Path) -> None:
     scorer = CrossEncoderScorer(str(tiny_model_dir), device="cpu", max_batch_tokens=200)
-    plan = scorer._batch_plan(PAIRS)
+    batches = scorer._prepare(PAIRS)
+    plan = [b.indices for b in batches]
     assert sorted(i for b in plan for i in b) == list(range(len(PAIRS)))
+    # each batch carries its own pairs and their token windows as values
+    for b in batches:
+        assert b.pairs == tuple(PAIRS[i] for i in b.indices)
+        assert len(b.payload) == len(b.indices)
     lengths = [len(w[0][0]) for w in scorer._tokenize(PAIRS)]
     for batch in plan:
         width = max(lengths[i] for i in batch)
@@ -70,7 +75,7 @@ def test_plan_covers_every_pair_once_and_respects_the_budget(tiny_model_dir: Pat
 
 def test_a_pair_longer_than_the_budget_gets_its_own_batch(tiny_model_dir: Path) -> None:
     scorer = CrossEncoderScorer(str(tiny_model_dir), device="cpu", max_batch_tokens=5)
-    plan = scorer._batch_plan(PAIRS)
+    plan = [b.indices for b in scorer._prepare(PAIRS)]
     assert all(len(b) == 1 for b in plan)
     assert len(scorer.score_pairs(PAIRS)) == len(PAIRS)
 
@@ -92,7 +97,6 @@ def test_each_pair_is_tokenized_once_per_call(tiny_model_dir: Path) -> None:
     scorer.tokenizer = counting
     scorer.score_pairs(PAIRS)
     assert counting.pairs_encoded == len(PAIRS)
-    assert not scorer._stash  # nothing left behind
 
 
 def test_duplicate_pairs_all_get_scores(tiny_scorer: CrossEncoderScorer) -> None:
@@ -157,11 +161,10 @@ def test_chunked_batches_count_windows_against_the_batch_size(tiny_model_dir: Pa
         str(tiny_model_dir), device="cpu", max_length=32, chunking=True, batch_size=4
     )
     docs = ["alpha beta gamma " * 30, "short one", "delta " * 80, "x"]
-    plan = scorer._batch_plan([(QUERY, d) for d in docs])
+    plan = [b.indices for b in scorer._prepare([(QUERY, d) for d in docs])]
     windows = [len(w) for w in scorer._tokenize([(QUERY, d) for d in docs])]
     for batch in plan:
         assert len(batch) == 1 or sum(windows[i] for i in batch) <= 4
-    scorer._stash.clear()
 
 
 def test_two_label_models_chunk_too(tiny_model_2label_dir: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -20,24 +19,9 @@ from rerank_core.app.evaluate import (
     load_qrels,
     load_rerank_file,
 )
-from rerank_core.base import Pair, Reranker
+from tests.fakes import TableScorer
 
 L3 = math.log2(3)
-
-
-class TableScorer(Reranker):
-    """Scores each passage by a fixed table, so every ranking below is known in advance."""
-
-    model_name = "table"
-
-    def __init__(self, table: dict[str, float]) -> None:
-        super().__init__()
-        self.table = table
-        self.calls = 0
-
-    def _score_pairs(self, pairs: Sequence[Pair]) -> list[float]:
-        self.calls += 1
-        return [self.table[d] for _, d in pairs]
 
 
 QRELS = {"q1": {"d1": 2, "d2": 0, "d3": 1}, "q2": {"d4": 1}}

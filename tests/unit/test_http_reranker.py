@@ -107,7 +107,7 @@ def test_instruction_only_for_models_that_use_it() -> None:
 def test_batch_plan_groups_by_query_and_respects_the_limit() -> None:
     reranker = HTTPReranker("tei", max_documents_per_request=2)
     pairs = [("a", "1"), ("b", "2"), ("a", "3"), ("a", "4"), ("b", "5"), ("a", "6"), ("a", "7")]
-    plan = reranker._batch_plan(pairs)
+    plan = [list(b.indices) for b in reranker._prepare(pairs)]
     assert plan == [[0, 2], [3, 5], [6], [1, 4]]
     assert sorted(i for batch in plan for i in batch) == list(range(len(pairs)))
     for batch in plan:
