@@ -546,9 +546,10 @@ def rerank_dataset(
         source: JSON lines or Parquet, rerank-file or pairs layout (see the module docstring).
         output: ``.parquet`` or ``.jsonl`` file to create.
         model: Model id or folder; ``None`` is the bundled reranker.
-        backend: A :data:`rerank_core.registry.BACKENDS` name.
+        backend: A :data:`rerank_core.registry.BACKENDS` name; ``"http"`` (with ``provider``
+            in ``options``) has each actor call a rerank API.
         actors: Actors in the pool, each with its own scorer.
-        threads_per_actor: CPU slots per actor, passed to the scorer as ``num_threads``.
+        threads_per_actor: CPU slots per actor, passed to a local scorer as ``num_threads``.
         gpus_per_actor: GPUs per actor (``device`` defaults to ``"cuda"`` when above 0).
         queries_per_batch: Query groups per actor call; all their pairs are scored together.
         options: More :func:`~rerank_core.registry.load_reranker` keyword arguments
@@ -580,7 +581,7 @@ def rerank_dataset(
     if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
         raise ValueError(f"max_restarts must be a non-negative int, got {max_restarts!r}")
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+        raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
     gpus = float(gpus_per_actor)
     if gpus < 0:
         raise ValueError(f"gpus_per_actor must be >= 0, got {gpus_per_actor!r}")
@@ -595,9 +596,10 @@ def rerank_dataset(
         raise FileNotFoundError(f"output folder {out.parent} does not exist")
     spec = detect_input(source)
     scorer_options = dict(options or {})
-    scorer_options.setdefault("num_threads", threads)
-    if gpus > 0:
-        scorer_options.setdefault("device", "cuda")
+    if BACKENDS[backend].local:
+        scorer_options.setdefault("num_threads", threads)
+        if gpus > 0:
+            scorer_options.setdefault("device", "cuda")
     model_arg = str(model) if model else None
 
     started = _connect(ray, address, actors * threads)

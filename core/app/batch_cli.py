@@ -8,9 +8,9 @@ import typer
 
 
 def _backend_names() -> list[str]:
-    from rerank_core.registry import BACKENDS
+    from rerank_core.registry import backend_names
 
-    return sorted(BACKENDS)
+    return backend_names()
 
 
 def register(app: typer.Typer) -> None:
@@ -48,6 +48,10 @@ def register(app: typer.Typer) -> None:
             help="Score long passages by their best overlapping window instead of truncating.",
         ),
         device: str = typer.Option(None, help="Torch device in each actor (default: best)."),
+        provider: str = typer.Option(
+            None, help="--backend http: the API (cohere, jina, tei, infinity, generic, ...)."
+        ),
+        base_url: str = typer.Option(None, help="--backend http: the API's base URL."),
         queries_per_batch: int = typer.Option(
             8, help="Queries per actor call; their pairs are scored together."
         ),
@@ -71,11 +75,15 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(
                 f"unknown --backend {backend!r}; known: {', '.join(_backend_names())}"
             )
-        options: dict[str, object] = {"batch_size": batch_size, "chunking": chunking}
-        if max_length is not None:
-            options["max_length"] = max_length
-        if device is not None:
-            options["device"] = device
+        options: dict[str, object] = {"batch_size": batch_size}
+        if backend == "http":
+            options.update({k: v for k, v in (("provider", provider), ("base_url", base_url)) if v})
+        else:
+            options["chunking"] = chunking
+            if max_length is not None:
+                options["max_length"] = max_length
+            if device is not None:
+                options["device"] = device
         try:
             summary = rerank_dataset(
                 data,
