@@ -513,8 +513,9 @@ def _connect(ray: Any, address: str | None, cpus: int) -> bool:
     if address:
         ray.init(address=address, **common)
     else:
-        # The readers take no CPU slot (they are I/O and JSON), so the actors may fill the box.
-        num_cpus = max(os.cpu_count() or 1, cpus)
+        # Readers and parsers take no CPU slot (they are light next to scoring); Ray Data's
+        # re-blocking step takes one, so one slot is kept free of actors.
+        num_cpus = max(os.cpu_count() or 1, cpus + 1)
         ray.init(num_cpus=num_cpus, include_dashboard=False, **common)
     return True
 
@@ -540,7 +541,9 @@ def rerank_dataset(
     """Rerank every pair of ``source`` on a pool of Ray actors and write one row per pair.
 
     Uses the running Ray if there is one, else joins ``address``, else starts a local Ray with
-    one CPU slot per core (at least ``actors * threads_per_actor``) and stops it at the end.
+    one CPU slot per core (at least ``actors * threads_per_actor + 1``) and stops it at the end.
+    A Ray of your own needs one CPU slot more than the actors take, for Ray Data's re-blocking
+    of the input into actor-sized blocks.
 
     Args:
         source: JSON lines or Parquet, rerank-file or pairs layout (see the module docstring).
@@ -607,7 +610,7 @@ def rerank_dataset(
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # ours counts pairs; Ray's would print per operator
-        groups = _build_groups(ray, spec, actors)
+        groups = _build_groups(ray, spec, actors, per_call)
         with warnings.catch_warnings():
             # Ray deprecates passing actor options through map_batches' **kwargs but has no
             # named parameter for restarts yet; the options still apply.
@@ -653,8 +656,12 @@ def rerank_dataset(
     return BatchSummary(out, rows, seconds, model_id, actors, spec.layout)
 
 
-def _build_groups(ray: Any, spec: InputSpec, actors: int) -> Any:
-    """The input as a Ray dataset of query groups (the rerank layout streams; pairs shuffle)."""
+def _build_groups(ray: Any, spec: InputSpec, actors: int, per_call: int) -> Any:
+    """The input as a Ray dataset of query groups (the rerank layout streams; pairs shuffle).
+
+    Blocks are cut to ``per_call`` groups: an actor task takes whole blocks, so one big block
+    (a small file is read as one) would go to a single actor while the others wait.
+    """
     # Reading and parsing take no CPU slot: they are light next to scoring, and a slot held by
     # a reader is one an actor cannot have (on a 2-core box that would stall the pool).
     readers = 1 + actors // 4
@@ -684,4 +691,4 @@ def _build_groups(ray: Any, spec: InputSpec, actors: int) -> Any:
         )
     if spec.layout == "pairs":
         ds = ds.groupby("qid").map_groups(_group_pairs, batch_format="pyarrow", num_cpus=0)
-    return ds
+    return ds.repartition(target_num_rows_per_block=per_call)

@@ -108,3 +108,63 @@ def register(app: typer.Typer) -> None:
             f"{summary.layout} layout)"
         )
         typer.echo(f"model: {summary.model}")
+
+    @app.command("batch-bench")
+    def batch_bench_command(
+        model: str = typer.Option(
+            None,
+            "--model",
+            "-m",
+            help="Cross-encoder folder or id (default: a tiny random model built on the spot, "
+            "so a million pairs finish in minutes; pass the real model for real rates).",
+        ),
+        backend: str = typer.Option("torch", "--backend", "-b", help="Backend of every runner."),
+        pairs: int = typer.Option(1_000_000, help="Pairs of the memory run (0 skips it)."),
+        compare_pairs: int = typer.Option(
+            20_000, help="Pairs of the in-process vs 1 vs 2 actors comparison (0 skips it)."
+        ),
+        candidates: int = typer.Option(100, help="Candidates per synthetic query."),
+        words: int = typer.Option(40, help="Words per synthetic passage."),
+        actors: int = typer.Option(2, help="Actors of the memory run."),
+        threads: int = typer.Option(1, help="Threads of the in-process scorer and per actor."),
+        batch_size: int = typer.Option(32, help="Pairs per forward pass."),
+        workdir: Path = typer.Option(
+            None, help="Folder for the synthetic inputs and outputs (default: a temporary one)."
+        ),
+        out: Path = typer.Option(Path("benchmarks"), "--out", "-o", help="Output folder."),
+        name: str = typer.Option("batch_bench", help="File stem of the outputs."),
+    ) -> None:
+        """Batch throughput against the in-process scorer, and peak memory on 1M pairs."""
+        import json
+        import shlex
+        import sys
+        import tempfile
+
+        from rerank_core.app.batch_bench import batch_bench_to_markdown, run_batch_bench
+
+        if backend not in _backend_names():
+            raise typer.BadParameter(f"unknown --backend {backend!r}")
+        with tempfile.TemporaryDirectory() as tmp:
+            if model is None:
+                from rerank_core.app.bench_cli import build_smoke_model
+
+                model = str(build_smoke_model(Path(tmp) / "tiny-model"))
+            report = run_batch_bench(
+                model,
+                backend=backend,
+                pairs=pairs,
+                compare_pairs=compare_pairs,
+                candidates=candidates,
+                words=words,
+                actors=actors,
+                threads=threads,
+                batch_size=batch_size,
+                workdir=workdir or Path(tmp) / "work",
+                command=shlex.join(["rag-rerank", *sys.argv[1:]]),
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        md = batch_bench_to_markdown(report)
+        (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        (out / f"{name}.md").write_text(md, encoding="utf-8")
+        typer.echo(md)
+        typer.echo(f"wrote {out / name}.json and .md")

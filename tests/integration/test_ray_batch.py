@@ -37,8 +37,9 @@ WORDS = (
 
 @pytest.fixture(scope="module")
 def ray_session() -> Iterator[None]:
+    # Two actors plus the one slot Ray Data's re-blocking step takes.
     ray.init(
-        num_cpus=2,
+        num_cpus=3,
         include_dashboard=False,
         log_to_driver=False,
         logging_level="WARNING",
