@@ -487,6 +487,9 @@ class BatchSummary:
         output: The file written.
         pairs: Rows written (one per input pair).
         seconds: Wall time of the Ray job (reading, scoring, writing), Ray start excluded.
+        first_rows_seconds: Time until the first scored block was written: mostly starting
+            the actors and loading the model in each.
+        first_rows: Rows of that first block.
         model: The reranker's ``score_id``.
         actors: Size of the actor pool.
         layout: ``"rerank"`` or ``"pairs"``.
@@ -498,11 +501,19 @@ class BatchSummary:
     model: str
     actors: int
     layout: str
+    first_rows_seconds: float = 0.0
+    first_rows: int = 0
 
     @property
     def pairs_per_second(self) -> float:
         """Throughput of the whole job."""
         return self.pairs / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_pairs_per_second(self) -> float:
+        """Throughput once the first block was out (actor start-up excluded)."""
+        span = self.seconds - self.first_rows_seconds
+        return (self.pairs - self.first_rows) / span if span > 0 else 0.0
 
 
 def _connect(ray: Any, address: str | None, cpus: int) -> bool:
@@ -629,11 +640,13 @@ def rerank_dataset(
 
         bar = tqdm(desc="reranked", unit="pair", disable=not progress, smoothing=0.1)
         model_id = ""
+        first_s, first_n = 0.0, 0
         t0 = time.perf_counter()
         for table in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
             if table.num_rows == 0:
                 continue
             if writer is None:
+                first_s, first_n = time.perf_counter() - t0, table.num_rows
                 model_id = str(table.column("model")[0])
                 writer = _Writer(out, fmt, {"rag_rerank.model": model_id})
             writer.write(table)
@@ -653,7 +666,7 @@ def rerank_dataset(
         if started:
             ray.shutdown()
     logger.info("wrote %d scored pairs to %s in %.1f s", rows, out, seconds)
-    return BatchSummary(out, rows, seconds, model_id, actors, spec.layout)
+    return BatchSummary(out, rows, seconds, model_id, actors, spec.layout, first_s, first_n)
 
 
 def _build_groups(ray: Any, spec: InputSpec, actors: int, per_call: int) -> Any:
