@@ -419,6 +419,7 @@ class _Writer:
         self.partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         self.metadata = dict(metadata)
         self.rows = 0
+        self.keep = False
         self._parquet: Any = None
         self._fh: Any = None
         if fmt == "parquet":
@@ -455,12 +456,18 @@ class _Writer:
             return
         try:
             os.link(self.partial, self.path)  # fails if another run published meanwhile
-        finally:
-            self.partial.unlink(missing_ok=True)
+        except FileExistsError:
+            self.keep = True  # the finished work stays, under its partial name
+            raise FileExistsError(
+                f"output {self.path} appeared while this run was writing; this run's result "
+                f"is kept in {self.partial}"
+            ) from None
+        self.partial.unlink()
 
     def discard(self) -> None:
         self.close()
-        self.partial.unlink(missing_ok=True)
+        if not self.keep:
+            self.partial.unlink(missing_ok=True)
 
 
 def _output_format(path: Path, fmt: str | None) -> str:

@@ -115,3 +115,22 @@ def test_an_existing_output_is_refused_before_any_work(tmp_path: Path) -> None:
         rerank_dataset(src, tmp_path / "new.parquet", backend="nope")
     with pytest.raises(ValueError, match=r"name it \.parquet or \.jsonl"):
         rerank_dataset(src, tmp_path / "new.csv")
+
+
+def test_an_output_that_appears_meanwhile_is_not_replaced_and_the_result_is_kept(
+    tmp_path: Path,
+) -> None:
+    from rerank_core.app.batch import _Writer
+
+    out = tmp_path / "out.jsonl"
+    writer = _Writer(out, "jsonl", {})
+    writer.write(score_groups(WordOverlap(), _groups_from_records(ROWS[:1])))
+    out.write_text("another run's output\n", encoding="utf-8")
+    with pytest.raises(FileExistsError, match="kept in"):
+        writer.publish(overwrite=False)
+    writer.discard()
+    assert out.read_text(encoding="utf-8") == "another run's output\n"
+    assert len(writer.partial.read_text(encoding="utf-8").splitlines()) == 4
+    writer.publish(overwrite=True)
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 4
+    assert not writer.partial.exists()
