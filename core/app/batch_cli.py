@@ -162,6 +162,8 @@ def register(app: typer.Typer) -> None:
                 workdir=workdir or Path(tmp) / "work",
                 command=shlex.join(["rag-rerank", *sys.argv[1:]]),
             )
+            if report["model"].endswith("tiny-model"):
+                report["model"] = "tiny random BERT cross-encoder (hidden 32, 2 layers)"
         out.mkdir(parents=True, exist_ok=True)
         md = batch_bench_to_markdown(report)
         (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -177,15 +177,17 @@ def test_a_killed_actor_loses_and_doubles_nothing(
     src = _write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.parquet"
     out.write_bytes(b"an older output that --overwrite replaces")
-    killed: list[int] = []
+    killed: list[str] = []
+    rows_seen: list[int] = []
 
     def kill_one_actor(written: int) -> None:
+        rows_seen.append(written)
         if killed:
             return
-        for actor in state.actors().values():
+        for actor_id, actor in state.actors().items():
             if "BatchScorer" in actor["ActorClassName"] and actor["State"] == "ALIVE":
                 os.kill(actor["Pid"], signal.SIGKILL)
-                killed.append(actor["Pid"])
+                killed.append(actor_id)
                 return
 
     summary = _bounded(
@@ -200,6 +202,8 @@ def test_a_killed_actor_loses_and_doubles_nothing(
         )
     )
     assert killed, "no scoring actor was found to kill"
+    # Killed after the first block reached the driver, with blocks still to come.
+    assert rows_seen[0] < 30 * 8 and len(rows_seen) > 1
+    assert state.actors()[killed[0]]["NumRestarts"] >= 1, "Ray did not restart the actor"
     assert summary.pairs == 30 * 8
-    # The first rows reached the driver before the kill, so the job was mid-way through.
     _check_output(_read(out), _reference(tiny_model_dir, rows), ranked_input=True)
