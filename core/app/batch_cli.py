@@ -31,7 +31,10 @@ def register(app: typer.Typer) -> None:
             None, "--model", "-m", help="Cross-encoder folder or id (default: the bundled model)."
         ),
         backend: str = typer.Option(
-            "torch", "--backend", "-b", help=f"Local backend: {', '.join(_backend_names())}."
+            "torch",
+            "--backend",
+            "-b",
+            help=f"Backend: {', '.join(_backend_names())} (http: set --provider).",
         ),
         actors: int = typer.Option(1, "--actors", help="Actors, each holding one scorer."),
         threads_per_actor: int = typer.Option(
