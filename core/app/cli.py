@@ -9,7 +9,7 @@ import typer
 
 app = typer.Typer(
     name="rag-rerank",
-    help="Cross-encoder reranking for RAG: ask, index, train, eval, bench, serve.",
+    help="Cross-encoder reranking for RAG: ask, index, train, eval, bench, serve, batch.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "rerank_core.app.calibrate_cli",
     "rerank_core.app.bench_cli",
     "rerank_core.app.serve_cli",
+    "rerank_core.app.batch_cli",
 ]
 
 #: Entry-point group through which other packages add commands (the RAG chain adds ``ask`` and
