@@ -201,8 +201,11 @@ def _print_run(
 
 
 def _readability_warning(reranker: Any, texts: list[str]) -> str | None:
+    from rerank_core.base import RerankerWrapper
     from rerank_core.encoding import TokenizedReranker
 
+    while isinstance(reranker, RerankerWrapper):  # the cache or the calibration around a model
+        reranker = reranker.inner
     report = reranker.last_readability if isinstance(reranker, TokenizedReranker) else None
     if report is None or report.ok:
         return None
