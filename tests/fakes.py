@@ -100,6 +100,24 @@ class TableScorer(Reranker):
         return [self.table[d] for _, d in pairs]
 
 
+class GatedReranker(Reranker):
+    """Scores by document length, but each model call waits until the test opens the gate."""
+
+    model_name = "gated"
+
+    def __init__(self) -> None:
+        super().__init__(batch_size=100_000)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.calls: list[int] = []
+
+    def _score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        self.calls.append(len(pairs))
+        self.entered.set()
+        assert self.gate.wait(30), "test never opened the gate"
+        return [float(len(d)) for _, d in pairs]
+
+
 class KeywordRetriever(BaseRetriever):
     """A first-stage LangChain retriever: the ``k`` documents sharing most words with the query.
 

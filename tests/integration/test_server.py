@@ -5,19 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 import time
-from collections.abc import Sequence
 
 import pytest
-
-from rerank_core import Reranker
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from rerank_core.app.server import ServerSettings, create_app  # noqa: E402
+from tests.fakes import GatedReranker  # noqa: E402
 from tests.integration.live_server import running  # noqa: E402
 
 QUERY = "how do cross-encoders rerank passages?"
@@ -133,24 +130,6 @@ def test_raw_jina_style_request_and_bad_ones(tiny_server):
 
 
 # ------------------------------------------------------------------------------- queue and batching
-
-
-class GatedReranker(Reranker):
-    """Scores by document length, but each model call waits until the test opens the gate."""
-
-    model_name = "gated"
-
-    def __init__(self) -> None:
-        super().__init__(batch_size=100_000)
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-        self.calls: list[int] = []
-
-    def _score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        self.calls.append(len(pairs))
-        self.entered.set()
-        assert self.gate.wait(30), "test never opened the gate"
-        return [float(len(d)) for _, d in pairs]
 
 
 async def _wait_for(predicate, timeout: float = 20.0) -> None:
