@@ -81,6 +81,18 @@ class Cut:
     score_margin: float | None = None
     cut_at_largest_gap: bool = False
 
+    @classmethod
+    def of(cls, adapter: Any, log: logging.Logger, *, top_n: int | object | None = ...) -> Cut:
+        """The cut-offs of an adapter's fields (``top_n`` given when it is named otherwise)."""
+        return cls(
+            adapter.top_n if top_n is ... else top_n,  # type: ignore[arg-type]
+            adapter.score_threshold,
+            type(adapter).__name__,
+            log,
+            adapter.score_margin,
+            adapter.cut_at_largest_gap,
+        )
+
     def rerank(self, scorer: Reranker, query: str, texts: Sequence[str]) -> list[RerankResult]:
         """Rank ``texts`` for ``query`` with ``scorer`` and keep what :meth:`keep` keeps."""
         return self.keep(scorer.rerank(query, texts), scorer.score_scale)

@@ -109,14 +109,7 @@ class CrossEncoderReranker(ScorerRecord, BaseDocumentCompressor):
     # ----------------------------------------------------------------- compressing
 
     def _cut(self) -> shared.Cut:
-        return shared.Cut(
-            self.top_n,
-            self.score_threshold,
-            type(self).__name__,
-            logger,
-            self.score_margin,
-            self.cut_at_largest_gap,
-        )
+        return shared.Cut.of(self, logger)
 
     def compress_documents(
         self,

@@ -81,14 +81,7 @@ class RerankRetriever(ScorerRecord, BaseRetriever):
 
     def _cut(self, k: int | None) -> shared.Cut:
         top_n = self.k if k is None else check_positive_int("k", k)
-        return shared.Cut(
-            top_n,
-            self.score_threshold,
-            type(self).__name__,
-            logger,
-            self.score_margin,
-            self.cut_at_largest_gap,
-        )
+        return shared.Cut.of(self, logger, top_n=top_n)
 
     def _get_relevant_documents(
         self,

@@ -128,14 +128,7 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         return cls(scorer=scorer, **fields)
 
     def _cut(self) -> shared.Cut:
-        return shared.Cut(
-            self.top_n,
-            self.score_threshold,
-            type(self).__name__,
-            logger,
-            self.score_margin,
-            self.cut_at_largest_gap,
-        )
+        return shared.Cut.of(self, logger)
 
     def _to_nodes(
         self, nodes: list[NodeWithScore], results: list[RerankResult]

@@ -1,4 +1,4 @@
-"""Both adapters keep what ``Reranker.rerank`` keeps, for every top_n, threshold and window."""
+"""Both adapters keep what ``Reranker.rerank`` keeps, for every cut-off and window."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from rerank_core import Reranker
-from tests.unit.test_base import WordOverlap
+from tests.fakes import WordOverlap
 
 QUERY = "what is artificial intelligence"
 TEXTS = [
@@ -20,7 +20,9 @@ TEXTS = [
 Kept = list[tuple[int, float | None]]
 
 
-def _langchain(scorer: Reranker, top_n: int | None, threshold: float | None) -> Kept:
+def _langchain(
+    scorer: Reranker, top_n: int | None, threshold: float | None, **extra: object
+) -> Kept:
     pytest.importorskip("langchain_core")
     from langchain_core.documents import Document
 
@@ -28,12 +30,14 @@ def _langchain(scorer: Reranker, top_n: int | None, threshold: float | None) -> 
 
     docs = [Document(page_content=t, id=str(i)) for i, t in enumerate(TEXTS)]
     out = CrossEncoderReranker(
-        scorer=scorer, top_n=top_n, score_threshold=threshold
+        scorer=scorer, top_n=top_n, score_threshold=threshold, **extra
     ).compress_documents(docs, QUERY)
     return [(int(d.id or -1), d.metadata.get("relevance_score")) for d in out]
 
 
-def _llamaindex(scorer: Reranker, top_n: int | None, threshold: float | None) -> Kept:
+def _llamaindex(
+    scorer: Reranker, top_n: int | None, threshold: float | None, **extra: object
+) -> Kept:
     pytest.importorskip("llama_index.core")
     from llama_index.core.schema import NodeWithScore, TextNode
 
@@ -41,7 +45,7 @@ def _llamaindex(scorer: Reranker, top_n: int | None, threshold: float | None) ->
 
     nodes = [NodeWithScore(node=TextNode(text=t, id_=str(i))) for i, t in enumerate(TEXTS)]
     out = CrossEncoderRerank(
-        scorer=scorer, top_n=top_n, score_threshold=threshold
+        scorer=scorer, top_n=top_n, score_threshold=threshold, **extra
     ).postprocess_nodes(nodes, query_str=QUERY)
     return [(int(n.node.node_id), n.score) for n in out]
 
@@ -59,3 +63,16 @@ def test_adapters_keep_what_the_core_keeps(
     scorer = WordOverlap(rerank_window=window)
     core = scorer.rerank(QUERY, TEXTS, top_n=top_n, score_threshold=threshold)
     assert adapter(scorer, top_n, threshold) == [(r.index, r.score) for r in core]
+
+
+@pytest.mark.parametrize("adapter", [_langchain, _llamaindex], ids=["langchain", "llamaindex"])
+@pytest.mark.parametrize("margin", [None, 0.0, 0.3, 1.0])
+@pytest.mark.parametrize("gap", [False, True])
+@pytest.mark.parametrize("top_n", [None, 1])
+def test_adapters_apply_the_relative_cutoffs_as_the_core_does(
+    adapter: Callable[..., Kept], margin: float | None, gap: bool, top_n: int | None
+) -> None:
+    scorer = WordOverlap()
+    core = scorer.rerank(QUERY, TEXTS, top_n=top_n, score_margin=margin, cut_at_largest_gap=gap)
+    got = adapter(scorer, top_n, None, score_margin=margin, cut_at_largest_gap=gap)
+    assert got == [(r.index, r.score) for r in core]
