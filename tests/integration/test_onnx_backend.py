@@ -237,7 +237,9 @@ def test_bundled_fp16_model_exports_in_fp32(bundled: tuple[Path, Path, list[floa
 # weight range, not the CPU (beyond float rounding, ~1e-6), and what is measured on one CPU holds
 # on all. Measured on an AVX-512 VNNI CPU (onnxruntime 1.32), largest |int8 - torch fp32| over
 # these 24 pairs: 0.089 with 8-bit weights, 0.100 with 7-bit weights. The bound is 1.5 times the
-# larger, room for kernel changes in other ONNX Runtime versions.
+# larger, room for kernel changes in other ONNX Runtime versions. (On real text the tail is longer:
+# over 600 TREC DL19 BM25 pairs, mean / 99th percentile / largest 0.024 / 0.127 / 0.193 with 8-bit
+# and 0.028 / 0.132 / 0.240 with 7-bit weights, so individual scores are no better than that.)
 BUNDLED_INT8_MAX_ERROR = 0.15
 
 
