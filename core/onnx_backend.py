@@ -3,7 +3,9 @@
 The Hugging Face model is exported to ONNX once, run through ONNX Runtime's transformer optimizer
 (fused embedding + layer norm, attention, bias + GELU and skip + layer norm kernels) and, for
 ``quantize="int8"``, quantised dynamically (int8 weights, activations quantised per batch at run
-time, which uses VNNI / AMX-INT8 where the CPU has them). The files are cached beside the model
+time, which uses VNNI / AMX-INT8 where the CPU has them). On an x86 CPU without those the int8
+weights get 7 bits (``reduce_range``) so ONNX Runtime's 16-bit intermediate sums cannot saturate
+(see :mod:`rerank_core.cpu`). The files are cached beside the model
 (``<model>/onnx/``) or, when that folder is read-only or the model is a hub id, under
 ``cache_dir`` (default ``~/.cache/rag-rerank/onnx``), and re-used while the weights are unchanged.
 
@@ -24,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rerank_core.cpu import int8_kernel, u8s8_can_saturate
 from rerank_core.cross_encoder import default_model_path
 from rerank_core.encoding import TokenizedReranker
 from rerank_core.readability import DEFAULT_UNREADABLE_LIMIT
@@ -115,6 +118,15 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
     Args:
         model_name_or_path: Hugging Face id or local folder; ``None`` uses the bundled reranker.
         quantize: ``None`` for fp32, ``"int8"`` for dynamic int8 quantisation.
+        reduce_range: With ``quantize="int8"``, quantise weights to 7 bits instead of 8.
+            ``None`` (default) chooses by CPU: ``True`` on an x86 CPU without VNNI or AMX-INT8
+            (AVX2 only, or AVX-512 without VNNI), where ONNX Runtime's int8 kernel adds pairs of
+            products in saturating 16-bit integers and 8-bit weights can overflow them;
+            ``False`` elsewhere, where the extra bit halves the weight rounding error. Either
+            way the integer sums are exact, so the setting, not the CPU, decides the scores: a
+            full-range export on a CPU that could saturate runs on ONNX Runtime's exact (slower)
+            U8U8 kernel (``session.x64quantprecision``). The setting is part of the export's
+            file name and metadata and of :meth:`identity`.
         cache_dir: Where to keep the exported files when the model folder is read-only or a hub
             id; default :func:`default_onnx_cache_dir`. A writable model folder gets them in
             ``<model>/onnx/``.
@@ -153,6 +165,7 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
         model_name_or_path: str | os.PathLike[str] | None = None,
         *,
         quantize: Literal["int8"] | None = None,
+        reduce_range: bool | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         max_length: int | None = None,
         batch_size: int = 32,
@@ -185,6 +198,10 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
         )
         if quantize not in (None, "int8"):
             raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+        if reduce_range is not None and not isinstance(reduce_range, bool):
+            raise TypeError(f"reduce_range must be a bool or None, got {reduce_range!r}")
+        if reduce_range is not None and quantize is None:
+            raise ValueError("reduce_range applies to quantize='int8' only")
         if num_threads is not None and (
             isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
         ):
@@ -198,6 +215,9 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
         hub = {"local_files_only": local_files_only, "revision": revision}
         self.model_name = source
         self.quantize = quantize
+        self.reduce_range: bool | None = None
+        if quantize == "int8":
+            self.reduce_range = u8s8_can_saturate() if reduce_range is None else reduce_range
         self.normalize = normalize
         self._hub = hub
         config = AutoConfig.from_pretrained(source, **hub)
@@ -222,6 +242,10 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = num_threads or _physical_cores()
         options.inter_op_num_threads = 1
+        if self.reduce_range is False and u8s8_can_saturate():
+            # 8-bit weights on a CPU whose U8S8 kernel saturates: ONNX Runtime's documented
+            # switch to its exact U8U8 kernel (no effect on VNNI / AMX CPUs)
+            options.add_session_config_entry("session.x64quantprecision", "1")
         self.num_threads = options.intra_op_num_threads
         self.session = ort.InferenceSession(
             str(self.onnx_path),
@@ -232,13 +256,18 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
         logger.info(
             "loaded ONNX reranker %s (%s, %s, threads=%d, max_length=%d)",
             source,
-            quantize or "fp32",
+            self._variant(),
             self.onnx_path,
             self.num_threads,
             self.max_length,
         )
 
     # ----------------------------------------------------------------- export cache
+
+    def _variant(self) -> str:
+        if self.quantize is None:
+            return "fp32"
+        return "int8-reduce-range" if self.reduce_range else "int8"
 
     def _export_dir(self, source: str, cache_dir: Path | None) -> Path:
         folder = Path(source)
@@ -251,13 +280,17 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
     def _ensure_exported(self, source: str, cache_dir: Path | None, revision: str | None) -> Path:
         out_dir = self._export_dir(source, cache_dir)
         stamp = _fingerprint(source, revision)
-        variant = self.quantize or "fp32"
+        variant = self._variant()
         target = out_dir / f"model-{variant}.onnx"
         meta_path = out_dir / f"model-{variant}.json"
-        meta = {"fingerprint": stamp, "optimized": self.optimize, "source": source}
+        meta: dict[str, Any] = {"fingerprint": stamp, "optimized": self.optimize, "source": source}
+        if self.quantize == "int8":
+            meta["reduce_range"] = self.reduce_range
         if target.is_file() and meta_path.is_file():
             try:
-                if json.loads(meta_path.read_text()) == meta:
+                made = json.loads(meta_path.read_text())
+                made.pop("int8_kernel", None)  # where it was made: a record, not a condition
+                if made == meta:
                     logger.debug("re-using %s", target)
                     return target
             except (OSError, ValueError):
@@ -266,6 +299,7 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
         if self.quantize == "int8":
             fp32 = self._ensure_fp32(source, out_dir, stamp, revision)
             self._quantize(fp32, target)
+            meta["int8_kernel"] = int8_kernel()
         else:
             self._export_fp32(source, target)
         meta_path.write_text(json.dumps(meta))
@@ -356,7 +390,13 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        logger.info("quantising %s to int8 at %s", fp32, target)
+        logger.info(
+            "quantising %s to int8 at %s (reduce_range=%s; this CPU's int8 kernel: %s)",
+            fp32,
+            target,
+            self.reduce_range,
+            int8_kernel(),
+        )
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             out = Path(tmp) / "int8.onnx"
             quantize_dynamic(
@@ -366,6 +406,7 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
                 # one scale per output column: half the score error of one scale per matrix
                 # (mean |logit change| 0.15 against 0.31 on SQuAD dev pairs), at the same speed
                 per_channel=True,
+                reduce_range=bool(self.reduce_range),
                 # the fused kernels are outside ONNX's shape inference: say their type is float
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
@@ -384,6 +425,7 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
             **super().identity(),
             "backend": "onnxruntime",
             "quantize": self.quantize,
+            "int8_reduce_range": self.reduce_range,
             "optimize": self.optimize,
             "recipe": _RECIPE,
         }
@@ -394,6 +436,7 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
             **super().describe(),
             "backend": "onnxruntime",
             "quantize": self.quantize,
+            "int8_reduce_range": self.reduce_range,
             "onnx_path": str(self.onnx_path),
             "num_threads": self.num_threads,
         }

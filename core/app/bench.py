@@ -355,12 +355,19 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+_NUMERIC_FLAGS = frozenset(
+    {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}
+)
+
+
 def machine_info(device: str = "cpu") -> dict[str, Any]:
-    """CPU model, cores, memory, load, torch threads and library versions."""
+    """CPU model and flags, cores, memory, load, torch threads and library versions."""
     import importlib.metadata as md
 
     import psutil
     import torch
+
+    from rerank_core.cpu import cpu_flags, int8_kernel
 
     versions = {"python": platform.python_version()}
     for pkg in (
@@ -388,6 +395,9 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "device": device,
         "versions": versions,
+        # the instructions that change int8 and bf16 numerics and speed
+        "cpu_flags": sorted(cpu_flags() & _NUMERIC_FLAGS),
+        "int8_kernel": int8_kernel(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(device)

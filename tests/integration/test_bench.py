@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,16 @@ from typer.testing import CliRunner
 
 from rerank_core.app.bench import BACKENDS, bench_to_markdown, run_bench
 from rerank_core.app.cli import _register, app
+from rerank_core.cpu import cpu_flags
+
+
+def _positive(x: object) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
 def test_all_backends_agree_and_are_timed(tiny_model_dir: Path) -> None:
+    # Timings are reported, not judged: how fast a backend runs depends on the CPU and its load,
+    # so this checks that every figure is there and sane, and that the scores agree.
     report = run_bench(
         tiny_model_dir,
         lengths=[32],
@@ -33,17 +41,20 @@ def test_all_backends_agree_and_are_timed(tiny_model_dir: Path) -> None:
     for r in rows:
         assert r["workload"] == "synthetic-32" and r["queries"] == 2
         assert abs(r["mean_tokens"] - 32) <= 2
-        assert r["pairs_per_s"] > 0 and 0 < r["p50_ms"] <= r["p95_ms"]
+        for key in ("pairs_per_s", "p50_ms", "p95_ms", "model_gflops_per_s", "fraction_of_peak"):
+            assert _positive(r[key]), (r["backend"], key, r[key])
+        assert r["p50_ms"] <= r["p95_ms"]  # two quantiles of the same timings
         # Same weights, same pairs: fp32 backends give sentence-transformers' scores; bf16 and
         # int8 stay close on probabilities.
         tolerance = 1e-5 if r["precision"] == "fp32" else 0.05
         assert r["max_abs_diff_vs_st"] < tolerance, r["backend"]
-        assert r["model_gflops_per_s"] > 0 and 0 < r["fraction_of_peak"] < 2
         if r["backend"] == "sentence-transformers":
             assert r["vs_st"] == pytest.approx(1.0)
     m = report.machine
     assert m["logical_cores"] >= 1 and m["versions"]["torch"] and m["cpu"]
     assert set(m["gemm_peak_gflops"]) == {"fp32", "bf16", "int8"}
+    assert all(_positive(v) for v in m["gemm_peak_gflops"].values())
+    assert m["int8_kernel"] and set(m["cpu_flags"]) <= set(cpu_flags())
     assert {r["backend"]: r["precision"] for r in rows}["onnx-int8"] == "int8"
     assert report.model["max_length"] == 128  # the tiny model's own window
     md = bench_to_markdown(report)

@@ -46,11 +46,10 @@ def test_slow_server_past_the_timeout_raises_without_retrying() -> None:
     with RerankServer() as server:
         server.always = Fault(delay=3.0)
         reranker = make(server, timeout=0.3)
-        start = time.perf_counter()
         with pytest.raises(RemoteTimeoutError) as info:
             reranker.score(QUERY, DOCS)
-        elapsed = time.perf_counter() - start
-    assert elapsed < 2.0  # gave up long before the server would have answered
+        # gave up while the server was still working on its answer
+        assert server.seen[0].finished == 0.0
     assert info.value.attempts == 1 and info.value.status is None
     assert "siliconflow" in str(info.value) and "0.3 s" in str(info.value)
     assert len(server.seen) == 1
@@ -73,15 +72,12 @@ def test_429_with_retry_after_is_honoured_then_succeeds(is_async: bool) -> None:
             Fault(status=429, body=b'{"error":"rate limited"}', headers={"Retry-After": "1"})
         )
         reranker = make(server, backoff=0.01)
-        start = time.perf_counter()
         scores = (
             asyncio.run(reranker.ascore(QUERY, DOCS)) if is_async else reranker.score(QUERY, DOCS)
         )
-        elapsed = time.perf_counter() - start
     assert scores == pytest.approx(EXPECTED, rel=1e-6)
     assert len(server.seen) == 2
     assert server.seen[1].started - server.seen[0].started >= 0.95  # waited as told
-    assert elapsed < 5
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 408])
@@ -171,7 +167,7 @@ def test_retry_after_beyond_the_limit_fails_at_once() -> None:
         start = time.perf_counter()
         with pytest.raises(RemoteRerankError) as info:
             make(server, max_retry_after=5).score(QUERY, DOCS)
-    assert time.perf_counter() - start < 2
+    assert time.perf_counter() - start < 60  # did not sleep the 120 s it was told
     assert info.value.retry_after == pytest.approx(120) and info.value.attempts == 1
     assert "120 s" in str(info.value)
 
@@ -284,37 +280,31 @@ async def test_concurrent_areranks_overlap_and_the_loop_stays_responsive() -> No
     gc.collect()  # a full collection mid-test is a pause of its own, not the client's
     with RerankServer(delay=delay) as server:
         reranker = make(server)
-        # Warm the connection pool: ten connections, so the timed part reuses them.
+        # Warm the connection pool: ten connections, so the measured part reuses them.
         await asyncio.gather(*(reranker.arerank(QUERY, DOCS) for _ in range(10)))
-        start = time.perf_counter()
-        await reranker.arerank(QUERY, DOCS)
-        one = time.perf_counter() - start
 
-        gaps: list[float] = []
+        ticks: list[float] = []
         stop = asyncio.Event()
 
         async def ticker() -> None:
-            last = time.perf_counter()
             while not stop.is_set():
                 await asyncio.sleep(0.01)
-                now = time.perf_counter()
-                gaps.append(now - last)
-                last = now
+                ticks.append(time.perf_counter())
 
         tick = asyncio.create_task(ticker())
-        start = time.perf_counter()
         results = await asyncio.gather(
             *(reranker.arerank(f"{QUERY} {i}", DOCS, top_n=2) for i in range(10))
         )
-        total = time.perf_counter() - start
         stop.set()
         await tick
         await reranker.aclose()
     assert all(len(r) == 2 for r in results)
-    assert one >= delay
-    assert total < 3 * one, f"10 calls took {total:.2f} s, one took {one:.2f} s"
-    # A client that blocked would stall the loop for a whole request (0.5 s) per call.
-    assert max(gaps) < delay / 2, f"event loop blocked for {max(gaps):.3f} s"
-    calls = server.seen[11:]
+    # Checked by order of events, not by durations (which depend on the machine's load): the
+    # calls were in the server at the same time, and the loop kept running while they were.
+    calls = server.seen[10:]
+    assert len(calls) == 10
     overlapping = sum(1 for s in calls if s.started < calls[0].finished)
     assert overlapping >= 5
+    # A blocking client would hold the loop for each whole request: no tick inside any of them.
+    held = [s for s in calls if any(s.started < t < s.finished for t in ticks)]
+    assert len(held) >= 5, "the event loop did not run while requests were in flight"

@@ -184,9 +184,8 @@ async def test_full_queue_answers_503_fast_and_recovers():
             second = asyncio.create_task(http.post("/v1/rerank", json=body))
             while await _queue_depth(http) < 1:
                 await asyncio.sleep(0.01)
-            started = time.perf_counter()
+            # the model is held until after this answer: it came without waiting for a slot
             busy = await http.post("/v1/rerank", json=body)
-            took = time.perf_counter() - started
             model.gate.set()
             assert (await first).status_code == 200
             assert (await second).status_code == 200
@@ -195,7 +194,6 @@ async def test_full_queue_answers_503_fast_and_recovers():
     assert busy.status_code == 503
     assert busy.headers["retry-after"] == "3"
     assert busy.json()["limit"] == "max_queue"
-    assert took < 5.0  # answered at once, not after the model call
     assert after.status_code == 200
     assert 'status="503"' in metrics
 
