@@ -483,10 +483,23 @@ def _add_peak_fraction(
     return rows
 
 
+def default_backends(model_path: str | os.PathLike[str]) -> list[str]:
+    """The backends that can run ``model_path``.
+
+    An LLM reranker runs on ``causal-lm`` only; a cross-encoder on the two references and every
+    other local backend.
+    """
+    from rerank_core.registry import detect_backend
+
+    if detect_backend(os.fspath(model_path)) == "causal-lm":
+        return ["causal-lm"]
+    return [name for name in BACKENDS if name != "causal-lm"]
+
+
 def run_bench(
     model_path: str | os.PathLike[str],
     *,
-    backends: Sequence[str] = tuple(BACKENDS),
+    backends: Sequence[str] | None = None,
     data: str | os.PathLike[str] | None = None,
     lengths: Sequence[int] = DEFAULT_LENGTHS,
     candidates: Sequence[int] = DEFAULT_CANDIDATES,
@@ -505,7 +518,7 @@ def run_bench(
 
     Args:
         model_path: Cross-encoder folder or hub id, loaded by every backend.
-        backends: Names from :data:`BACKENDS`.
+        backends: Names from :data:`BACKENDS`; ``None``: :func:`default_backends` of the model.
         data: A rerank file (DL19's ``bm25_top100.jsonl``) for real passages; ``None`` skips.
         lengths: Synthetic pair lengths in tokens.
         candidates: Candidates per query to time.
@@ -531,6 +544,8 @@ def run_bench(
     """
     from transformers import AutoConfig, AutoTokenizer
 
+    if backends is None:
+        backends = default_backends(model_path)
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise ValueError(f"unknown backends {unknown}; known: {sorted(BACKENDS)}")

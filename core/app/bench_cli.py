@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
         name: str = typer.Option("bench", help="File stem of the outputs."),
     ) -> None:
         """Time the per-document loop, sentence-transformers and rag-rerank on the same inputs."""
-        from rerank_core.app.bench import BACKENDS, bench_to_markdown, run_bench, save_bench
+        from rerank_core.app.bench import bench_to_markdown, run_bench, save_bench
         from rerank_core.app.data import data_root
 
         if data is None:
@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
             try:
                 report = run_bench(
                     model,
-                    backends=backend or list(BACKENDS),
+                    backends=backend or None,
                     data=data,
                     lengths=length,
                     candidates=candidates,

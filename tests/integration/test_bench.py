@@ -13,7 +13,7 @@ pytest.importorskip("psutil")
 
 from typer.testing import CliRunner
 
-from rerank_core.app.bench import BACKENDS, bench_to_markdown, run_bench
+from rerank_core.app.bench import bench_to_markdown, default_backends, run_bench
 from rerank_core.app.cli import _register, app
 from rerank_core.cpu import cpu_flags
 
@@ -36,8 +36,9 @@ def test_all_backends_agree_and_are_timed(tiny_model_dir: Path) -> None:
     )
     rows = report.rows
     assert {(r["backend"], r["candidates"]) for r in rows} == {
-        (b, n) for b in BACKENDS for n in (3, 6)
+        (b, n) for b in default_backends(tiny_model_dir) for n in (3, 6)
     }
+    assert "causal-lm" not in default_backends(tiny_model_dir)  # a BERT cross-encoder
     for r in rows:
         assert r["workload"] == "synthetic-32" and r["queries"] == 2
         assert abs(r["mean_tokens"] - 32) <= 2
@@ -58,7 +59,9 @@ def test_all_backends_agree_and_are_timed(tiny_model_dir: Path) -> None:
     assert {r["backend"]: r["precision"] for r in rows}["onnx-int8"] == "int8"
     assert report.model["max_length"] == 128  # the tiny model's own window
     md = bench_to_markdown(report)
-    assert all(f"| {b} |" in md for b in BACKENDS) and "Command: `test`" in md
+    assert (
+        all(f"| {b} |" in md for b in default_backends(tiny_model_dir)) and "Command: `test`" in md
+    )
 
 
 def test_unknown_backend_is_named(tiny_model_dir: Path) -> None:
