@@ -81,7 +81,7 @@ class CrossEncoderReranker(ScorerRecord, BaseDocumentCompressor):
         cls,
         model: str | os.PathLike[str] | None = None,
         *,
-        backend: str = "torch",
+        backend: str = "auto",
         **options: Any,
     ) -> CrossEncoderReranker:
         """Build the scorer with :func:`rerank_core.registry.load_reranker` and wrap it.
@@ -89,7 +89,8 @@ class CrossEncoderReranker(ScorerRecord, BaseDocumentCompressor):
         Args:
             model: Hugging Face id or local folder; ``None`` uses the bundled reranker.
             backend: A registered backend (``"torch"``, ``"torch-bf16"``, ``"onnx"``,
-                ``"onnx-int8"``, ...).
+                ``"onnx-int8"``, ``"causal-lm"``, ...) or ``"auto"`` (default: ``causal-lm`` for
+                LLM rerankers, ``torch`` otherwise).
             **options: Fields of this class (``top_n``, ``score_threshold``) set them; every
                 other option goes to the backend (``device``, ``batch_size``, ``cache_entries``,
                 ``rerank_window``, ...).

@@ -105,7 +105,7 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         cls,
         model: str | os.PathLike[str] | None = None,
         *,
-        backend: str = "torch",
+        backend: str = "auto",
         **options: Any,
     ) -> CrossEncoderRerank:
         """Build the scorer with :func:`rerank_core.registry.load_reranker` and wrap it.
@@ -113,7 +113,8 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         Args:
             model: Hugging Face id or local folder; ``None`` uses the bundled reranker.
             backend: A registered backend (``"torch"``, ``"torch-bf16"``, ``"onnx"``,
-                ``"onnx-int8"``, ...).
+                ``"onnx-int8"``, ``"causal-lm"``, ...) or ``"auto"`` (default: ``causal-lm`` for
+                LLM rerankers, ``torch`` otherwise).
             **options: Fields of this class (``top_n``, ``score_threshold``,
                 ``keep_retrieval_score``, ``callback_manager``) set them; every other option goes
                 to the backend (``device``, ``batch_size``, ``cache_entries``, ...).
