@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rerank_core.base import Batch, Pair, Reranker, _batch_of
+from rerank_core.encoding import pack_by_tokens
 from rerank_core.validation import check_non_negative_int, check_positive_int, check_text
 
 if TYPE_CHECKING:
@@ -698,30 +699,9 @@ class CausalLMReranker(Reranker):
         return [float(s) for s in scores]
 
     def _plan_rows(self, lengths: list[int], counts: list[int] | None = None) -> list[list[int]]:
-        """Longest first, packed under ``batch_size`` rows and ``max_batch_tokens`` tokens.
-
-        ``counts`` gives the rows each item stands for (its windows), when items are pairs.
-        """
-        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        batches: list[list[int]] = []
-        current: list[int] = []
-        rows = 0
-        width = 0
-        for i in order:
-            n = 1 if counts is None else counts[i]
-            new_width = max(width, lengths[i])
-            full = rows + n > self.batch_size or (
-                self.max_batch_tokens is not None and (rows + n) * new_width > self.max_batch_tokens
-            )
-            if current and full:
-                batches.append(current)
-                current, rows, new_width = [], 0, lengths[i]
-            current.append(i)
-            rows += n
-            width = new_width
-        if current:
-            batches.append(current)
-        return batches
+        """Longest first under ``batch_size`` rows and ``max_batch_tokens`` padded tokens."""
+        rows = [1] * len(lengths) if counts is None else counts
+        return pack_by_tokens(lengths, rows, self.batch_size, self.max_batch_tokens)
 
     def _forward(self, rows: list[list[int]]) -> np.ndarray:
         """Raw scores (``yes - no`` logit, or ``yes``) of one left-padded batch."""

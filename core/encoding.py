@@ -61,6 +61,41 @@ class ChunkStats:
     capped_pairs: int
 
 
+def pack_by_tokens(
+    widths: Sequence[int], rows: Sequence[int], batch_size: int, max_tokens: int | None
+) -> list[list[int]]:
+    """Plan batches of items, longest first, under a row cap and a padded-token budget.
+
+    Args:
+        widths: Token length of each item (its longest model input).
+        rows: Model inputs each item stands for (its windows).
+        batch_size: Most rows per batch.
+        max_tokens: Most padded tokens (rows x longest width) per batch; ``None``: no budget.
+
+    Returns:
+        Item indices per batch; an item bigger than the budget gets a batch of its own.
+    """
+    order = sorted(range(len(widths)), key=lambda i: -widths[i])
+    plan: list[list[int]] = []
+    current: list[int] = []
+    count = 0
+    width = 0
+    for i in order:
+        new_width = max(width, widths[i])
+        full = count + rows[i] > batch_size or (
+            max_tokens is not None and (count + rows[i]) * new_width > max_tokens
+        )
+        if current and full:
+            plan.append(current)
+            current, count, new_width = [], 0, widths[i]
+        current.append(i)
+        count += rows[i]
+        width = new_width
+    if current:
+        plan.append(current)
+    return plan
+
+
 class TokenizedReranker(Reranker):
     """A local reranker that tokenizes with a Hugging Face tokenizer and scores padded batches.
 
@@ -219,26 +254,9 @@ class TokenizedReranker(Reranker):
         self._record_stats(encoded)
         self._check_readability(pairs, encoded)
         widths = [max(len(ids) for ids, _ in windows) for windows in encoded]
-        order = sorted(range(len(pairs)), key=lambda i: -widths[i])
-        plan: list[list[int]] = []
-        current: list[int] = []
-        rows = 0
-        width = 0
-        budget = self.max_batch_tokens
-        for i in order:
-            n = len(encoded[i])
-            new_width = max(width, widths[i])
-            full = rows + n > self.batch_size or (
-                budget is not None and (rows + n) * new_width > budget
-            )
-            if current and full:
-                plan.append(current)
-                current, rows, new_width = [], 0, widths[i]
-            current.append(i)
-            rows += n
-            width = new_width
-        if current:
-            plan.append(current)
+        plan = pack_by_tokens(
+            widths, [len(w) for w in encoded], self.batch_size, self.max_batch_tokens
+        )
         return [_batch_of(pairs, idx, tuple(encoded[i] for i in idx)) for idx in plan]
 
     def _record_stats(self, encoded: list[list[_Window]]) -> None:
