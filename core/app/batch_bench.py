@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -189,19 +190,7 @@ def _batch_run(
 
     sampler = _MemorySampler() if sample_memory else None
     t0 = time.perf_counter()
-    if sampler is not None:
-        with sampler:
-            summary = rerank_dataset(
-                src,
-                out,
-                model=model,
-                backend=backend,
-                actors=actors,
-                threads_per_actor=threads,
-                options=options,
-                overwrite=True,
-            )
-    else:
+    with sampler if sampler is not None else contextlib.nullcontext():
         summary = rerank_dataset(
             src,
             out,
