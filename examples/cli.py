@@ -299,6 +299,13 @@ def register(app: typer.Typer) -> None:
             help="Score a passage longer than the reranker's window by its best window "
             "(off: read only its start).",
         ),
+        fusion: str = typer.Option(
+            None,
+            "--fusion",
+            help="Order by the reranker fused with the recall order: none, rrf, "
+            "'rrf:weight=0.4' or 'linear:weight=0.7,evidence=rank' (default: the reranker's "
+            "measured setting; the bundled model ships one).",
+        ),
         llm_base_url: str = typer.Option(
             None,
             "--llm-base-url",
@@ -361,7 +368,11 @@ def register(app: typer.Typer) -> None:
                     if report.added:
                         typer.echo(f"indexed {report.added} new passages from {source}")
             reranker = build_reranker(
-                reranker_model, backend=backend, rerank_window=rerank_window, chunking=chunking
+                reranker_model,
+                backend=backend,
+                rerank_window=rerank_window,
+                chunking=chunking,
+                fusion=fusion,
             )
             run, llm = _run_chain(
                 framework,
