@@ -143,6 +143,7 @@ def _print_run(
     llm_load_s: float | None = None,
     score_scale: str = "probability",
     readability_warning: str | None = None,
+    fusion: str | None = None,
 ) -> None:
     echo = typer.echo
     t = run.timings
@@ -162,6 +163,11 @@ def _print_run(
         f"\n== 2. Rerank: {len(reranked)} scored by {reranker_name} "
         f"({t.get('rerank', 0.0):.2f} s); relevance = {score_scale}"
     )
+    if fusion:
+        echo(
+            f"   kept in the order of the relevance fused with the recall rank ({fusion}), "
+            "so a cut passage may score above a kept one"
+        )
     if readability_warning:
         typer.secho(f"   warning: {readability_warning}", fg=typer.colors.YELLOW)
     for i, c in enumerate(reranked[:top_k_shown], 1):
@@ -398,6 +404,7 @@ def register(app: typer.Typer) -> None:
             load_s=load_s,
             llm_load_s=getattr(getattr(llm, "generator", None), "load_seconds", None),
             score_scale=reranker.score_scale,
+            fusion=None if reranker.fusion is None else reranker.fusion.spec(),
             readability_warning=_readability_warning(
                 reranker, [run.question, *(c.text for c in run.recalled)]
             ),

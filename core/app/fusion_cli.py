@@ -201,7 +201,10 @@ def read_runs(
     score: Any,
     scale: str,
 ) -> list[Run]:
-    """Score each rerank file's judged queries with ``score(query, texts)`` into :class:`Run`."""
+    """Score each rerank file's judged queries into :class:`Run` objects.
+
+    ``score(qid, docids, query, texts)`` returns the reranker's scores of one query's candidates.
+    """
     from rerank_core.app.evaluate import load_rerank_file
 
     runs = []
@@ -214,11 +217,23 @@ def read_runs(
             docids = [c.docid for c in q.candidates]
             first = [c.first_stage_score for c in q.candidates]
             given = None if any(v is None for v in first) else [float(v or 0.0) for v in first]
-            out[q.qid] = (docids, list(score(q.query, [c.text for c in q.candidates])), given)
+            texts = [c.text for c in q.candidates]
+            out[q.qid] = (docids, list(score(q.qid, docids, q.query, texts)), given)
         if not out:
             raise ValueError(f"{path}: no query has judgments in the qrels")
         runs.append(Run(path.name.split(".")[0].removesuffix("_top100"), out, scale))
     return runs
+
+
+def _without_paths(value: Any) -> Any:
+    """``value`` with every absolute path replaced by its last part (no install paths in files)."""
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_paths(v) for v in value]
+    if isinstance(value, str) and Path(value).is_absolute():
+        return Path(value).name
+    return value
 
 
 def register(app: typer.Typer) -> None:
@@ -256,6 +271,16 @@ def register(app: typer.Typer) -> None:
             Path("fusion-results"), "--report", help="Folder for the sweep (JSON, Markdown)."
         ),
         dry_run: bool = typer.Option(False, "--dry-run", help="Measure only; write no fusion."),
+        scores: Path = typer.Option(
+            None,
+            exists=True,
+            help="Reuse the model's raw scores (JSON lines {qid, docid, score}, as "
+            "--save-scores writes) instead of scoring; its calibration is applied as usual.",
+        ),
+        scores_scale: str = typer.Option(
+            "probability", help="Scale of --scores: probability or logit."
+        ),
+        save_scores: Path = typer.Option(None, help="Write the raw scores here (JSON lines)."),
     ) -> None:
         """Sweep fusions of a model with each first stage; keep the best that never loses."""
         from rerank_core.app.evaluate import load_qrels
@@ -268,7 +293,6 @@ def register(app: typer.Typer) -> None:
                 model,
                 backend=backend,
                 fusion=False,
-                cache_entries=10_000_000,
                 **{k: v for k, v in (("device", device), ("batch_size", batch_size)) if v},
             )
         except (ValueError, TypeError, ImportError, OSError) as exc:
@@ -280,11 +304,45 @@ def register(app: typer.Typer) -> None:
             if beside is None:
                 raise typer.BadParameter("the model has no local folder: pass -o FILE")
             out = beside.with_name(FUSION_FILE)
-        typer.echo(f"scoring {len(data)} files with {reranker.model_name} ({backend})")
+        from rerank_core.app.calibrate_cli import _read_scores
+        from rerank_core.cache import CachedReranker
+        from rerank_core.calibration import CalibratedReranker
+
+        # Raw scores are cached (first stages share candidates) and calibrated as the model is.
+        cal = reranker if isinstance(reranker, CalibratedReranker) else None
+        raw_model = CachedReranker(cal.inner if cal else reranker, max_entries=10_000_000)
+        raw_scale = cal.input_scale if cal else reranker.score_scale
+        given = None
+        if scores is not None:
+            try:
+                given = _read_scores(scores)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc)) from None
+        raw: dict[tuple[str, str], float] = {}
+
+        def score(qid: str, docids: list[str], query: str, texts: list[str]) -> list[float]:
+            if given is not None:
+                missing = [d for d in docids if (qid, d) not in given]
+                if missing:
+                    raise ValueError(f"--scores lacks query {qid} docid {missing[0]}")
+                values = [given[(qid, d)] for d in docids]
+                scale = scores_scale
+            else:
+                values = raw_model.score(query, texts)
+                scale = raw_scale
+            raw.update({(qid, d): v for d, v in zip(docids, values, strict=True)})
+            return cal.calibration.apply(values, scale=scale) if cal else values
+
+        source = "--scores" if given is not None else f"{reranker.model_name} ({backend})"
+        typer.echo(f"scoring {len(data)} files with {source}")
         try:
-            runs = read_runs(data, judgments, reranker.score, reranker.score_scale)
+            runs = read_runs(data, judgments, score, reranker.score_scale)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
+        if save_scores is not None:
+            with save_scores.open("w", encoding="utf-8") as fh:
+                for (qid, docid), v in raw.items():
+                    fh.write(json.dumps({"qid": qid, "docid": docid, "score": v}) + "\n")
         result = frontier(runs, judgments, tolerance=tolerance)
         report.mkdir(parents=True, exist_ok=True)
         (report / "fusion.json").write_text(
@@ -304,6 +362,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"chosen: {result.chosen} (worst Δ {chosen.worst_delta:+.4f})")
         if dry_run or out is None:
             return
+        identity = _without_paths(reranker.identity())
         how = Fusion.parse(result.chosen)
         if how is None:
             typer.echo("the reranker alone never loses: no fusion needed; nothing written")
@@ -317,7 +376,7 @@ def register(app: typer.Typer) -> None:
                 "fused": chosen.ndcg,
                 "reranker_alone": result.setting("none").ndcg,
                 "metric": "nDCG@10",
-                "model": reranker.identity(),
+                "model": identity,
             },
         )
         typer.echo(f"wrote {out}")

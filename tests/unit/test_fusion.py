@@ -183,7 +183,13 @@ def test_a_models_fusion_file_is_its_default(tmp_path):
         model_fusion(str(empty), None, local=True)
 
 
-def test_the_bundled_model_ships_a_fusion():
+def test_the_bundled_model_ships_a_fusion_that_never_lost_on_its_sweep():
+    from rerank_core.cross_encoder import DEFAULT_MODEL_DIR
+
     shipped = model_fusion(None, None, local=True)
-    assert shipped is not None
-    assert shipped.evidence in ("rank", "auto") or shipped.method == "rrf"
+    assert shipped is not None and shipped.method == "linear" and shipped.evidence == "rank"
+    measured = json.loads((DEFAULT_MODEL_DIR / "fusion.json").read_text())["measured"]
+    assert len(measured["first_stage"]) == 5
+    for stage, alone in measured["first_stage"].items():
+        assert measured["fused"][stage] >= alone - measured["tolerance"], stage
+    assert "/" not in json.dumps(measured["model"])  # no install path in a shipped file
