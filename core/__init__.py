@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from rerank_core.cache import CachedReranker, CacheInfo, ScoreCache
     from rerank_core.causal_lm import CausalLMReranker, PromptTemplate
     from rerank_core.cross_encoder import CrossEncoderScorer, default_model_path
+    from rerank_core.fusion import Fusion
     from rerank_core.http import HTTPReranker
     from rerank_core.onnx_backend import OnnxCrossEncoderScorer
     from rerank_core.registry import BACKENDS, load_reranker
@@ -23,6 +24,7 @@ __all__ = [
     "CachedReranker",
     "CausalLMReranker",
     "CrossEncoderScorer",
+    "Fusion",
     "HTTPReranker",
     "OnnxCrossEncoderScorer",
     "Pair",
@@ -44,6 +46,7 @@ _LAZY = {
     "PromptTemplate": "rerank_core.causal_lm",
     "default_model_path": "rerank_core.cross_encoder",
     "HTTPReranker": "rerank_core.http",
+    "Fusion": "rerank_core.fusion",
     "OnnxCrossEncoderScorer": "rerank_core.onnx_backend",
     "CacheInfo": "rerank_core.cache",
     "CachedReranker": "rerank_core.cache",

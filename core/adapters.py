@@ -14,14 +14,23 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rerank_core.base import Cutoffs, Reranker, RerankResult
+from rerank_core.fusion import Fusion
 
-__all__ = ["Cut", "check_scorer", "describe_scorer", "from_model_parts"]
+__all__ = [
+    "FUSION_FIELD",
+    "Cut",
+    "check_scorer",
+    "describe_scorer",
+    "first_stage_scores",
+    "from_model_parts",
+]
 
 
 def from_model_parts(
@@ -72,6 +81,8 @@ class Cut:
         log: The adapter's logger.
         score_margin: Drop scored results more than this below the best score.
         cut_at_largest_gap: Keep only the scored results above the largest score drop.
+        fusion: The adapter's fusion with the first stage (a spec or ``"none"``); ``None`` uses
+            the scorer's own (:attr:`rerank_core.Reranker.fusion`).
     """
 
     top_n: int | None
@@ -80,6 +91,7 @@ class Cut:
     log: logging.Logger
     score_margin: float | None = None
     cut_at_largest_gap: bool = False
+    fusion: Fusion | str | None = None
 
     @classmethod
     def of(cls, adapter: Any, log: logging.Logger, *, top_n: int | object | None = ...) -> Cut:
@@ -91,17 +103,38 @@ class Cut:
             log,
             adapter.score_margin,
             adapter.cut_at_largest_gap,
+            adapter.fusion,
         )
 
-    def rerank(self, scorer: Reranker, query: str, texts: Sequence[str]) -> list[RerankResult]:
-        """Rank ``texts`` for ``query`` with ``scorer`` and keep what :meth:`keep` keeps."""
-        return self.keep(scorer.rerank(query, texts), scorer.score_scale)
+    def rerank(
+        self,
+        scorer: Reranker,
+        query: str,
+        texts: Sequence[str],
+        first_stage_scores: Sequence[float] | None = None,
+    ) -> list[RerankResult]:
+        """Rank ``texts`` for ``query`` with ``scorer`` and keep what :meth:`keep` keeps.
+
+        ``texts`` come in first-stage order; ``first_stage_scores`` are the first stage's scores
+        when the framework carries them (for fusions that use scores).
+        """
+        ranked = scorer.rerank(
+            query, texts, fusion=self.fusion, first_stage_scores=first_stage_scores
+        )
+        return self.keep(ranked, scorer.score_scale)
 
     async def arerank(
-        self, scorer: Reranker, query: str, texts: Sequence[str]
+        self,
+        scorer: Reranker,
+        query: str,
+        texts: Sequence[str],
+        first_stage_scores: Sequence[float] | None = None,
     ) -> list[RerankResult]:
         """Async twin of :meth:`rerank`: scoring runs off the event loop (``Reranker.arerank``)."""
-        return self.keep(await scorer.arerank(query, texts), scorer.score_scale)
+        ranked = await scorer.arerank(
+            query, texts, fusion=self.fusion, first_stage_scores=first_stage_scores
+        )
+        return self.keep(ranked, scorer.score_scale)
 
     def keep(self, ranked: Sequence[RerankResult], scale: str) -> list[RerankResult]:
         """Apply the cut-offs to a whole ranking whose scores are on ``scale``."""
@@ -112,6 +145,31 @@ class Cut:
         if why is not None:
             self.log.info("%s: %s; returning none", self.owner, why)
         return cutoffs.apply(ranked)
+
+
+#: Help text of the adapters' ``fusion`` field.
+FUSION_FIELD = (
+    "Fusion with the first stage's ranking: a spec such as 'rrf', 'rrf:weight=0.4' or "
+    "'linear:weight=0.7,evidence=rank', or 'none' to order by the reranker alone; None (default) "
+    "uses the scorer's own (the bundled model's measured setting)."
+)
+
+
+def first_stage_scores(values: Sequence[object], *, source: str) -> list[float] | None:
+    """The first-stage scores a framework carries, or ``None`` when any is missing.
+
+    ``values`` holds one entry per candidate (``None`` where the framework has no score);
+    ``source`` names where they came from for the error message. A score that is present but
+    not a finite number is an error, not a silent fallback to ranks.
+    """
+    if not values or any(v is None for v in values):
+        return None
+    out: list[float] = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{source} of candidate {i} is not a finite number: {v!r}")
+        out.append(float(v))
+    return out
 
 
 def describe_scorer(scorer: Reranker) -> dict[str, Any]:

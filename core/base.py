@@ -14,11 +14,12 @@ import json
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from rerank_core.fusion import Fusion, check_first_stage_scores
 from rerank_core.validation import check_number, check_positive_int, check_text, check_texts
 
 logger = logging.getLogger(__name__)
@@ -64,11 +65,15 @@ class RerankResult:
             [0, 1]). ``None`` when the policy left this candidate unscored: it fell outside the
             rerank window, or the rerank gate skipped the query.
         document: The input text, unchanged.
+        fused_score: The value the ranking was ordered by when a :class:`~rerank_core.Fusion`
+            combined the reranker with the first stage (``None`` without fusion, and for
+            unscored candidates). ``score`` stays the reranker's own.
     """
 
     index: int
     score: float | None
     document: str
+    fused_score: float | None = None
 
     @property
     def reranked(self) -> bool:
@@ -126,18 +131,24 @@ class Cutoffs:
             raise ValueError(f"cut_at_largest_gap must be a bool, got {self.cut_at_largest_gap!r}")
 
     def apply(self, ranked: Sequence[RerankResult]) -> list[RerankResult]:
-        """Keep what these cut-offs keep of ``ranked`` (scored best first, then unscored)."""
-        scored = [(r, r.score) for r in ranked if r.score is not None]
+        """Keep what these cut-offs keep of ``ranked`` (scored results first, then unscored).
+
+        The cut-offs decide *which* scored results stay, on their ``score``; the order of
+        ``ranked`` (by score, or by fused score under fusion) is kept.
+        """
+        scored = [r for r in ranked if r.score is not None]
         rest = [r for r in ranked if r.score is None]
+        floor = -math.inf
         if self.score_threshold is not None:
-            scored = [(r, s) for r, s in scored if s >= self.score_threshold]
-        if self.score_margin is not None and scored:
-            floor = scored[0][1] - self.score_margin
-            scored = [(r, s) for r, s in scored if s >= floor]
-        if self.cut_at_largest_gap and len(scored) > 1:
-            drops = [a[1] - b[1] for a, b in itertools.pairwise(scored)]
-            scored = scored[: drops.index(max(drops)) + 1]
-        kept = [r for r, _ in scored] + rest
+            floor = self.score_threshold
+        values = sorted((s for r in scored if (s := r.score) is not None), reverse=True)
+        if self.score_margin is not None and values:
+            floor = max(floor, values[0] - self.score_margin)
+        values = [v for v in values if v >= floor]
+        if self.cut_at_largest_gap and len(values) > 1:
+            drops = [a - b for a, b in itertools.pairwise(values)]
+            floor = max(floor, values[drops.index(max(drops))])
+        kept = [r for r in scored if r.score is not None and r.score >= floor] + rest
         return kept if self.top_n is None else kept[: self.top_n]
 
     def why_empty(self, ranked: Sequence[RerankResult], scale: str) -> str | None:
@@ -162,6 +173,8 @@ class _Plan:
     query: str
     documents: list[str]
     scored: int  # the first ``scored`` documents go to the model; the rest pass through
+    fusion: Fusion | None = None
+    first_stage_scores: list[float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +218,10 @@ class Reranker(ABC):
         should_rerank: A gate called with the query; when it returns ``False`` the candidates
             pass through in their original order, unscored, and the model is not called. Use it
             to spend the reranker only on queries that need it (long, ambiguous, high-value).
+        fusion: Order by a mix of the reranker's and the first stage's judgement (a
+            :class:`~rerank_core.Fusion` or its spec string, such as ``"rrf"``); ``None`` orders by
+            the reranker's score alone. Also settable later as the :attr:`fusion` attribute;
+            :func:`~rerank_core.load_reranker` sets a model's measured default.
 
     Example:
         >>> from rerank_core import CrossEncoderScorer
@@ -224,6 +241,7 @@ class Reranker(ABC):
         max_concurrency: int = 1,
         rerank_window: int | None = None,
         should_rerank: Callable[[str], bool] | None = None,
+        fusion: Fusion | str | None = None,
     ) -> None:
         self.batch_size = check_positive_int("batch_size", batch_size, allow_none=False) or 1
         self.max_concurrency = (
@@ -233,6 +251,16 @@ class Reranker(ABC):
         if should_rerank is not None and not callable(should_rerank):
             raise TypeError("should_rerank must be a callable taking the query, or None")
         self.should_rerank = should_rerank
+        self.fusion = fusion
+
+    @property
+    def fusion(self) -> Fusion | None:
+        """The default :class:`~rerank_core.Fusion` of :meth:`rerank`; ``None``: score order."""
+        return self._fusion
+
+    @fusion.setter
+    def fusion(self, value: Fusion | str | Mapping[str, Any] | None) -> None:
+        self._fusion = Fusion.parse(value)
 
     # ----------------------------------------------------------------- backend hooks
 
@@ -345,16 +373,19 @@ class Reranker(ABC):
         score_threshold: float | None = None,
         score_margin: float | None = None,
         cut_at_largest_gap: bool = False,
+        fusion: Fusion | str | None = None,
+        first_stage_scores: Sequence[float] | None = None,
     ) -> list[RerankResult]:
         """Score and order ``documents`` for ``query``.
 
-        Results are sorted by score, highest first (ties keep input order). The cut-offs then
-        apply in this order (see :class:`Cutoffs`): the absolute threshold (scores strictly
-        below it are dropped), the margin below the best score, the largest gap, then
-        ``top_n``. Candidates the policy left unscored (outside ``rerank_window``, or all of
-        them when ``should_rerank`` says no) follow the scored ones in their original order with
-        ``score=None``; score cut-offs do not apply to them, ``top_n`` does. When nothing passes,
-        the result is empty.
+        Results are sorted by score, highest first (ties keep input order), or by fused score
+        under a fusion with the first stage (see :class:`~rerank_core.Fusion`). The cut-offs then
+        apply on the reranker's scores in this order (see :class:`Cutoffs`): the absolute
+        threshold (scores strictly below it are dropped), the margin below the best score, the
+        largest gap, then ``top_n``. Candidates the policy left unscored (outside
+        ``rerank_window``, or all of them when ``should_rerank`` says no) follow the scored ones
+        in their original order with ``score=None``; score cut-offs do not apply to them,
+        ``top_n`` does. When nothing passes, the result is empty.
 
         Args:
             query: The user question.
@@ -363,12 +394,16 @@ class Reranker(ABC):
             score_threshold: Drop scored results below this value; ``None`` keeps all.
             score_margin: Drop scored results more than this below the best score.
             cut_at_largest_gap: Keep only the scored results above the largest score drop.
+            fusion: This call's fusion (a :class:`~rerank_core.Fusion`, a spec such as ``"rrf"``,
+                or ``"none"``); ``None`` uses the reranker's :attr:`fusion`.
+            first_stage_scores: The first stage's score of each document (higher is better),
+                for fusions that use scores; ranks come from the order of ``documents``.
 
         Returns:
             New :class:`RerankResult` objects; ``documents`` is not modified.
         """
         cutoffs = Cutoffs(top_n, score_threshold, score_margin, cut_at_largest_gap)
-        plan = self._plan(query, documents)
+        plan = self._plan(query, documents, fusion, first_stage_scores)
         head = [(plan.query, d) for d in plan.documents[: plan.scored]]
         scores = self.score_pairs(head) if head else []
         return cutoffs.apply(self._assemble(plan, scores))
@@ -382,34 +417,51 @@ class Reranker(ABC):
         score_threshold: float | None = None,
         score_margin: float | None = None,
         cut_at_largest_gap: bool = False,
+        fusion: Fusion | str | None = None,
+        first_stage_scores: Sequence[float] | None = None,
     ) -> list[RerankResult]:
         """Async twin of :meth:`rerank`; never blocks the event loop."""
         cutoffs = Cutoffs(top_n, score_threshold, score_margin, cut_at_largest_gap)
-        plan = self._plan(query, documents)
+        plan = self._plan(query, documents, fusion, first_stage_scores)
         head = [(plan.query, d) for d in plan.documents[: plan.scored]]
         scores = await self.ascore_pairs(head) if head else []
         return cutoffs.apply(self._assemble(plan, scores))
 
     # ----------------------------------------------------------------- internals
 
-    def _plan(self, query: str, documents: Sequence[str]) -> _Plan:
+    def _plan(
+        self,
+        query: str,
+        documents: Sequence[str],
+        fusion: Fusion | str | None = None,
+        first_stage_scores: Sequence[float] | None = None,
+    ) -> _Plan:
         query = _check_query(query)
         docs = _check_documents(documents)
+        first = check_first_stage_scores(first_stage_scores, len(docs))
+        how = self.fusion if fusion is None else Fusion.parse(fusion)
+        if how is not None and how.evidence == "score" and how.method == "linear" and first is None:
+            raise ValueError(f"fusion {how.spec()!r} needs first_stage_scores")
         if not docs:
             return _Plan(query, docs, 0)
         if self.should_rerank is not None and not self.should_rerank(query):
             logger.debug("rerank gate skipped query; %d candidates pass through", len(docs))
             return _Plan(query, docs, 0)
         window = len(docs) if self.rerank_window is None else min(self.rerank_window, len(docs))
-        return _Plan(query, docs, window)
+        return _Plan(query, docs, window, how, first)
 
-    @staticmethod
-    def _assemble(plan: _Plan, scores: Sequence[float]) -> list[RerankResult]:
+    def _assemble(self, plan: _Plan, scores: Sequence[float]) -> list[RerankResult]:
         """The whole ranking: scored results best first (stable), then the unscored."""
-        docs = plan.documents
-        scored = [RerankResult(i, scores[i], docs[i]) for i in range(plan.scored)]
-        scored.sort(key=lambda r: -r.score)  # type: ignore[operator]  # scored results carry floats
-        return scored + [RerankResult(i, None, docs[i]) for i in range(plan.scored, len(docs))]
+        docs, n = plan.documents, plan.scored
+        if plan.fusion is None:
+            scored = [RerankResult(i, scores[i], docs[i]) for i in range(n)]
+            scored.sort(key=lambda r: -r.score)  # type: ignore[operator]  # scored carry floats
+        else:
+            first = None if plan.first_stage_scores is None else plan.first_stage_scores[:n]
+            fused = plan.fusion.fuse(scores, scale=self.score_scale, first_stage_scores=first)
+            scored = [RerankResult(i, scores[i], docs[i], fused[i]) for i in range(n)]
+            scored.sort(key=lambda r: -r.fused_score)  # type: ignore[operator]
+        return scored + [RerankResult(i, None, docs[i]) for i in range(n, len(docs))]
 
     @staticmethod
     def _check_pairs(pairs: Sequence[Pair]) -> list[Pair]:
@@ -480,6 +532,7 @@ class Reranker(ABC):
             "class": type(self).__name__,
             "model_name": self.model_name,
             "score_scale": self.score_scale,
+            "fusion": None if self.fusion is None else self.fusion.spec(),
         }
 
 
@@ -495,6 +548,7 @@ class RerankerWrapper(Reranker):
         inner: The reranker to wrap.
         rerank_window: See :class:`Reranker` (the wrapper's own policy).
         should_rerank: See :class:`Reranker`.
+        fusion: See :class:`Reranker`.
     """
 
     def __init__(
@@ -503,11 +557,15 @@ class RerankerWrapper(Reranker):
         *,
         rerank_window: int | None = None,
         should_rerank: Callable[[str], bool] | None = None,
+        fusion: Fusion | str | None = None,
     ) -> None:
         if not isinstance(inner, Reranker):
             raise TypeError(f"inner must be a Reranker, got {type(inner).__name__}")
         super().__init__(
-            batch_size=inner.batch_size, rerank_window=rerank_window, should_rerank=should_rerank
+            batch_size=inner.batch_size,
+            rerank_window=rerank_window,
+            should_rerank=should_rerank,
+            fusion=fusion,
         )
         self.inner = inner
         self.model_name = inner.model_name

@@ -120,6 +120,7 @@ class CachedReranker(RerankerWrapper):
             options), so rerankers whose scores differ never share entries.
         rerank_window: See :class:`~rerank_core.Reranker` (the wrapper's own policy).
         should_rerank: See :class:`~rerank_core.Reranker`.
+        fusion: See :class:`~rerank_core.Reranker`.
 
     Example:
         >>> cached = CachedReranker(CrossEncoderScorer(), max_entries=50_000)  # doctest: +SKIP
@@ -136,8 +137,11 @@ class CachedReranker(RerankerWrapper):
         cache: ScoreCache | None = None,
         rerank_window: int | None = None,
         should_rerank: Any = None,
+        fusion: Any = None,
     ) -> None:
-        super().__init__(inner, rerank_window=rerank_window, should_rerank=should_rerank)
+        super().__init__(
+            inner, rerank_window=rerank_window, should_rerank=should_rerank, fusion=fusion
+        )
         self.cache = cache if cache is not None else ScoreCache(max_entries)
         self._scorer_id = inner.score_id
 
@@ -173,5 +177,6 @@ class CachedReranker(RerankerWrapper):
         info = self.cache_info()
         return {
             **self.inner.describe(),
+            "fusion": None if self.fusion is None else self.fusion.spec(),
             "cache": {"hits": info.hits, "misses": info.misses, "max_entries": info.max_entries},
         }

@@ -459,6 +459,7 @@ class CalibratedReranker(RerankerWrapper):
             remote server reports ``"unknown"``): ``"probability"`` or ``"logit"``.
         rerank_window: See :class:`~rerank_core.Reranker` (the wrapper's own policy).
         should_rerank: See :class:`~rerank_core.Reranker`.
+        fusion: See :class:`~rerank_core.Reranker`.
 
     Raises:
         ValueError: ``inner`` is already calibrated, or its scale is not one a calibration reads.
@@ -476,8 +477,11 @@ class CalibratedReranker(RerankerWrapper):
         input_scale: str | None = None,
         rerank_window: int | None = None,
         should_rerank: Callable[[str], bool] | None = None,
+        fusion: Any = None,
     ) -> None:
-        super().__init__(inner, rerank_window=rerank_window, should_rerank=should_rerank)
+        super().__init__(
+            inner, rerank_window=rerank_window, should_rerank=should_rerank, fusion=fusion
+        )
         if isinstance(calibration, (str, os.PathLike)):
             calibration = Calibration.load(calibration)
         if not isinstance(calibration, Calibration):
@@ -534,6 +538,7 @@ class CalibratedReranker(RerankerWrapper):
         cal = self.calibration
         return {
             **self.inner.describe(),
+            "fusion": None if self.fusion is None else self.fusion.spec(),
             "score_scale": self.score_scale,
             "calibration": {"kind": cal.kind, "dataset": cal.dataset, "pairs": cal.pairs},
         }
@@ -575,6 +580,7 @@ def attach_calibration(
         path,
         rerank_window=reranker.rerank_window,
         should_rerank=reranker.should_rerank,
+        fusion=reranker.fusion,
     )
 
 

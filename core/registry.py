@@ -24,6 +24,7 @@ identifies an LLM reranker family, and ``torch`` for everything else.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from rerank_core.base import Reranker
+from rerank_core.fusion import FUSION_FILE, Fusion
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["BACKENDS", "Backend", "backend_names", "detect_backend", "load_reranker"]
 
@@ -190,6 +194,7 @@ def load_reranker(
     backend: str = "auto",
     cache_entries: int | None = None,
     calibration: str | os.PathLike[str] | bool | None = None,
+    fusion: Fusion | str | os.PathLike[str] | bool | None = None,
     **options: Any,
 ) -> Reranker:
     """Build a reranker: a local model with the named backend, or a remote rerank API.
@@ -206,6 +211,11 @@ def load_reranker(
             backend); ``None`` (default) applies the ``calibration.json`` beside a local model
             folder when there is one (the bundled model ships one); ``False`` never calibrates
             (raw scores). A calibrated reranker's scale is ``"calibrated-probability"``.
+        fusion: How :meth:`~rerank_core.Reranker.rerank` combines the reranker with the first
+            stage (a :class:`~rerank_core.Fusion`, a spec such as ``"rrf:weight=0.5"``, or the
+            path of a ``fusion.json``); ``None`` (default) applies the ``fusion.json`` beside a
+            local model folder when there is one (the bundled model ships the setting measured
+            never to lose to a first stage); ``False`` or ``"none"`` orders by score alone.
         **options: Passed to the backend's class. Local backends share ``device``,
             ``max_length``, ``batch_size``, ``max_batch_tokens``, ``normalize``, ``chunking``,
             ``num_threads``, ``rerank_window`` and ``should_rerank``; ``http`` takes
@@ -240,5 +250,38 @@ def load_reranker(
     if cache_entries is not None:
         from rerank_core.cache import CachedReranker
 
-        reranker = CachedReranker(reranker, max_entries=cache_entries)
+        reranker = CachedReranker(
+            reranker,
+            max_entries=cache_entries,
+            rerank_window=reranker.rerank_window,
+            should_rerank=reranker.should_rerank,
+        )
+    reranker.fusion = model_fusion(name, fusion, local=spec.local)
     return reranker
+
+
+def model_fusion(
+    model: str | None, fusion: Fusion | str | os.PathLike[str] | bool | None, *, local: bool
+) -> Fusion | None:
+    """The fusion :func:`load_reranker` gives ``model`` for its ``fusion`` argument."""
+    if fusion is False:
+        return None
+    if isinstance(fusion, Fusion) or (isinstance(fusion, str) and not fusion.endswith(".json")):
+        return Fusion.parse(fusion)
+    if isinstance(fusion, (str, os.PathLike)):
+        return Fusion.load(fusion)
+    if fusion is None or fusion is True:
+        from rerank_core.calibration import _beside
+
+        beside = _beside(model) if local else None
+        path = None if beside is None else beside.with_name(FUSION_FILE)
+        if path is not None and path.is_file():
+            found = Fusion.load(path)
+            logger.info("%s: fusion %s from %s", model or "bundled model", found, path)
+            return found
+        if fusion is True:
+            raise FileNotFoundError(f"fusion=True but no {FUSION_FILE} beside {model or 'bundled'}")
+        return None
+    raise TypeError(
+        f"fusion must be a Fusion, a spec, a path, True, False or None, got {type(fusion).__name__}"
+    )

@@ -143,6 +143,7 @@ def _print_run(
     llm_load_s: float | None = None,
     score_scale: str = "probability",
     readability_warning: str | None = None,
+    fusion: str | None = None,
 ) -> None:
     echo = typer.echo
     t = run.timings
@@ -162,6 +163,11 @@ def _print_run(
         f"\n== 2. Rerank: {len(reranked)} scored by {reranker_name} "
         f"({t.get('rerank', 0.0):.2f} s); relevance = {score_scale}"
     )
+    if fusion:
+        echo(
+            f"   kept in the order of the relevance fused with the recall rank ({fusion}), "
+            "so a cut passage may score above a kept one"
+        )
     if readability_warning:
         typer.secho(f"   warning: {readability_warning}", fg=typer.colors.YELLOW)
     for i, c in enumerate(reranked[:top_k_shown], 1):
@@ -299,6 +305,13 @@ def register(app: typer.Typer) -> None:
             help="Score a passage longer than the reranker's window by its best window "
             "(off: read only its start).",
         ),
+        fusion: str = typer.Option(
+            None,
+            "--fusion",
+            help="Order by the reranker fused with the recall order: none, rrf, "
+            "'rrf:weight=0.4' or 'linear:weight=0.7,evidence=rank' (default: the reranker's "
+            "measured setting; the bundled model ships one).",
+        ),
         llm_base_url: str = typer.Option(
             None,
             "--llm-base-url",
@@ -361,7 +374,11 @@ def register(app: typer.Typer) -> None:
                     if report.added:
                         typer.echo(f"indexed {report.added} new passages from {source}")
             reranker = build_reranker(
-                reranker_model, backend=backend, rerank_window=rerank_window, chunking=chunking
+                reranker_model,
+                backend=backend,
+                rerank_window=rerank_window,
+                chunking=chunking,
+                fusion=fusion,
             )
             run, llm = _run_chain(
                 framework,
@@ -387,6 +404,7 @@ def register(app: typer.Typer) -> None:
             load_s=load_s,
             llm_load_s=getattr(getattr(llm, "generator", None), "load_seconds", None),
             score_scale=reranker.score_scale,
+            fusion=None if reranker.fusion is None else reranker.fusion.spec(),
             readability_warning=_readability_warning(
                 reranker, [run.question, *(c.text for c in run.recalled)]
             ),

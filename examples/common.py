@@ -646,6 +646,7 @@ def build_reranker(
     backend: str = "auto",
     rerank_window: int | None = None,
     chunking: bool = True,
+    fusion: str | None = None,
 ) -> Reranker:
     """The chain's reranker, built by :func:`rerank_core.load_reranker`.
 
@@ -656,6 +657,8 @@ def build_reranker(
         rerank_window: Rerank only the first K recalled passages.
         chunking: On by default: indexed passages run to 1000 characters, past the bundled
             model's 192-token window, and a truncated passage is judged by its start alone.
+        fusion: Fusion with the recall order (a spec such as ``"rrf"`` or ``"none"``);
+            ``None`` uses the model's own (the bundled model's measured setting).
 
     Raises:
         ChainError: the model cannot be loaded (the message says how to name another).
@@ -664,7 +667,11 @@ def build_reranker(
 
     try:
         return load_reranker(
-            model or None, backend=backend, rerank_window=rerank_window, chunking=chunking
+            model or None,
+            backend=backend,
+            rerank_window=rerank_window,
+            chunking=chunking,
+            fusion=fusion,
         )
     except FileNotFoundError as exc:
         raise ChainError(
@@ -686,7 +693,10 @@ class RecordingReranker(RerankerWrapper):
 
     def __init__(self, inner: Reranker) -> None:
         super().__init__(
-            inner, rerank_window=inner.rerank_window, should_rerank=inner.should_rerank
+            inner,
+            rerank_window=inner.rerank_window,
+            should_rerank=inner.should_rerank,
+            fusion=inner.fusion,
         )
         self._scores: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()

@@ -18,11 +18,32 @@ from rerank_core import Reranker, RerankResult
 from rerank_core import adapters as shared
 
 SCORE_KEY = "relevance_score"
+#: Where a document carries the value a fusion with the first stage ranked it by.
+FUSED_KEY = "fused_score"
 
 
 def texts_of(documents: Sequence[Document]) -> list[str]:
     """The texts a scorer reads: each document's ``page_content``."""
     return [d.page_content for d in documents]
+
+
+def first_stage_of(documents: Sequence[Document], key: str | None) -> list[float] | None:
+    """The first stage's scores from ``metadata[key]`` of each document, or ``None`` if no key.
+
+    Raises:
+        ValueError: a document lacks the key, or its value is not a finite number.
+    """
+    if key is None:
+        return None
+    missing = [i for i, d in enumerate(documents) if d.metadata.get(key) is None]
+    if missing:
+        raise ValueError(
+            f"first_stage_score_key={key!r}: document {missing[0]} has no metadata[{key!r}] "
+            f"({len(missing)} of {len(documents)} lack it)"
+        )
+    return shared.first_stage_scores(
+        [d.metadata[key] for d in documents], source=f"metadata[{key!r}]"
+    )
 
 
 def to_documents(documents: Sequence[Document], results: list[RerankResult]) -> list[Document]:
@@ -37,6 +58,8 @@ def to_documents(documents: Sequence[Document], results: list[RerankResult]) -> 
         metadata = copy.deepcopy(doc.metadata)
         if r.score is not None:
             metadata[SCORE_KEY] = r.score
+        if r.fused_score is not None:
+            metadata[FUSED_KEY] = r.fused_score
         out.append(doc.model_copy(update={"metadata": metadata}))
     return out
 

@@ -11,7 +11,7 @@ from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Call
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field
 
-from langchain_rerank._common import ScorerRecord, texts_of, to_documents
+from langchain_rerank._common import ScorerRecord, first_stage_of, texts_of, to_documents
 from rerank_core import Reranker
 from rerank_core import adapters as shared
 
@@ -75,6 +75,14 @@ class CrossEncoderReranker(ScorerRecord, BaseDocumentCompressor):
         default=False,
         description="Keep only the documents above the largest drop between consecutive scores.",
     )
+    fusion: str | None = Field(default=None, description=shared.FUSION_FIELD)
+    first_stage_score_key: str | None = Field(
+        default=None,
+        description=(
+            "Metadata key holding each document's first-stage score (higher is better), for "
+            "fusions that use scores; None: fusion uses the documents' order only."
+        ),
+    )
 
     @classmethod
     def from_model(
@@ -122,7 +130,8 @@ class CrossEncoderReranker(ScorerRecord, BaseDocumentCompressor):
         manager = CallbackManager.configure(inheritable_callbacks=callbacks)
         run = manager.on_retriever_start(dict(self.to_json()), query, name=type(self).__name__)
         try:
-            results = self._cut().rerank(self.scorer, query, texts_of(documents))
+            first = first_stage_of(documents, self.first_stage_score_key)
+            results = self._cut().rerank(self.scorer, query, texts_of(documents), first)
             out = to_documents(documents, results)
         except BaseException as exc:
             run.on_retriever_error(exc)
@@ -142,7 +151,8 @@ class CrossEncoderReranker(ScorerRecord, BaseDocumentCompressor):
             dict(self.to_json()), query, name=type(self).__name__
         )
         try:
-            results = await self._cut().arerank(self.scorer, query, texts_of(documents))
+            first = first_stage_of(documents, self.first_stage_score_key)
+            results = await self._cut().arerank(self.scorer, query, texts_of(documents), first)
             out = to_documents(documents, results)
         except BaseException as exc:
             await run.on_retriever_error(exc)

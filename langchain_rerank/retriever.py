@@ -13,7 +13,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever, RetrieverLike
 from pydantic import ConfigDict, Field
 
-from langchain_rerank._common import ScorerRecord, texts_of, to_documents
+from langchain_rerank._common import ScorerRecord, first_stage_of, texts_of, to_documents
 from rerank_core import Reranker
 from rerank_core import adapters as shared
 from rerank_core.validation import check_positive_int
@@ -78,6 +78,14 @@ class RerankRetriever(ScorerRecord, BaseRetriever):
         default=False,
         description="Keep only the documents above the largest drop between consecutive scores.",
     )
+    fusion: str | None = Field(default=None, description=shared.FUSION_FIELD)
+    first_stage_score_key: str | None = Field(
+        default=None,
+        description=(
+            "Metadata key holding each document's first-stage score (higher is better), for "
+            "fusions that use scores; None: fusion uses the documents' order only."
+        ),
+    )
 
     def _cut(self, k: int | None) -> shared.Cut:
         top_n = self.k if k is None else check_positive_int("k", k)
@@ -95,7 +103,8 @@ class RerankRetriever(ScorerRecord, BaseRetriever):
         docs = self.base_retriever.invoke(
             query, config={"callbacks": run_manager.get_child()}, **kwargs
         )
-        return to_documents(docs, cut.rerank(self.reranker, query, texts_of(docs)))
+        first = first_stage_of(docs, self.first_stage_score_key)
+        return to_documents(docs, cut.rerank(self.reranker, query, texts_of(docs), first))
 
     async def _aget_relevant_documents(
         self,
@@ -109,4 +118,6 @@ class RerankRetriever(ScorerRecord, BaseRetriever):
         docs = await self.base_retriever.ainvoke(
             query, config={"callbacks": run_manager.get_child()}, **kwargs
         )
-        return to_documents(docs, await cut.arerank(self.reranker, query, texts_of(docs)))
+        first = first_stage_of(docs, self.first_stage_score_key)
+        ranked = await cut.arerank(self.reranker, query, texts_of(docs), first)
+        return to_documents(docs, ranked)

@@ -33,6 +33,7 @@ class _Call:
 
     query: str
     texts: list[str]
+    first: list[float] | None
     out: list[NodeWithScore] = field(default_factory=list)
 
 
@@ -85,6 +86,7 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         default=False,
         description="Keep the first-stage score in metadata['retrieval_score'].",
     )
+    fusion: str | None = Field(default=None, description=shared.FUSION_FIELD)
 
     @classmethod
     def class_name(cls) -> str:
@@ -165,7 +167,10 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         }
         with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
             texts = [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
-            call = _Call(query_bundle.query_str, texts)
+            first = shared.first_stage_scores(
+                [n.score for n in nodes], source="NodeWithScore.score"
+            )
+            call = _Call(query_bundle.query_str, texts, first)
             yield call
             event.on_end(payload={EventPayload.NODES: call.out})
         dispatcher.event(ReRankEndEvent(nodes=call.out))
@@ -177,7 +182,7 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         query_bundle: QueryBundle | None = None,
     ) -> list[NodeWithScore]:
         with self._reranking(nodes, query_bundle) as call:
-            results = self._cut().rerank(self.scorer, call.query, call.texts)
+            results = self._cut().rerank(self.scorer, call.query, call.texts, call.first)
             call.out = self._to_nodes(nodes, results)
         return call.out
 
@@ -188,6 +193,6 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         query_bundle: QueryBundle | None = None,
     ) -> list[NodeWithScore]:
         with self._reranking(nodes, query_bundle) as call:
-            results = await self._cut().arerank(self.scorer, call.query, call.texts)
+            results = await self._cut().arerank(self.scorer, call.query, call.texts, call.first)
             call.out = self._to_nodes(nodes, results)
         return call.out

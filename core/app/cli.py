@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "rerank_core.app.train_cli",
     "rerank_core.app.eval_cli",
     "rerank_core.app.calibrate_cli",
+    "rerank_core.app.fusion_cli",
     "rerank_core.app.bench_cli",
     "rerank_core.app.serve_cli",
     "rerank_core.app.batch_cli",

@@ -56,6 +56,14 @@ def register(app: typer.Typer) -> None:
         threshold: list[float] = typer.Option(
             [], "--threshold", "-t", help="Score threshold; repeat."
         ),
+        fusion: list[str] = typer.Option(
+            [],
+            "--fusion",
+            "-f",
+            help="Also rank by a fusion with the first stage (rrf, 'rrf:weight=0.4,k=60', "
+            "'linear:weight=0.7,evidence=rank'); repeat. The model's own fusion (the bundled "
+            "model ships one) always gets a row.",
+        ),
         depth: int = typer.Option(None, help="Use the first N candidates of a rerank file."),
         top_k: int = typer.Option(100, help="BEIR: candidates recalled from Chroma per query."),
         split: str = typer.Option("test", help="BEIR: qrels split."),
@@ -136,6 +144,7 @@ def register(app: typer.Typer) -> None:
         common = {
             "windows": window,
             "thresholds": threshold,
+            "fusions": fusion,
             "recall_at": recall_at,
             "relevance_level": relevance_level,
             "scorer_kwargs": scorer_kwargs,

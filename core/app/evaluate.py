@@ -40,6 +40,7 @@ from typing import Any
 
 from rerank_core.app.data import iter_jsonl
 from rerank_core.base import Batch, Pair, Reranker, RerankResult
+from rerank_core.fusion import Fusion
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +99,11 @@ def minilm_path() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """One first-stage candidate of a query."""
+    """One first-stage candidate of a query (``first_stage_score``: the retriever's, if known)."""
 
     docid: str
     text: str
+    first_stage_score: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +165,10 @@ def load_rerank_file(
 ) -> tuple[list[QueryCandidates], Qrels]:
     """Read a rerank file: one JSON line per query with its first-stage candidates.
 
-    Each line is ``{"qid", "query", "candidates": [{"docid", "text", "label"?}, ...]}`` with the
-    candidates in first-stage order. ``label`` (a grade, ``null`` when unjudged) is optional.
+    Each line is ``{"qid", "query", "candidates": [{"docid", "text", "label"?,
+    "first_stage_score"?}, ...]}`` with the candidates in first-stage order. ``label`` (a grade,
+    ``null`` when unjudged) and ``first_stage_score`` (the retriever's, higher is better) are
+    optional.
 
     Args:
         path: ``.jsonl`` or ``.jsonl.gz`` file.
@@ -195,7 +199,18 @@ def load_rerank_file(
         for j, c in enumerate(cands):
             if "docid" not in c or "text" not in c:
                 raise ValueError(f"{path}:{n}: candidates[{j}] needs docid and text")
-            docs.append(Candidate(str(c["docid"]), str(c["text"])))
+            first = c.get("first_stage_score")
+            if first is not None and (
+                isinstance(first, bool)
+                or not isinstance(first, (int, float))
+                or not math.isfinite(first)
+            ):
+                raise ValueError(
+                    f"{path}:{n}: candidates[{j}].first_stage_score must be a finite number"
+                )
+            docs.append(
+                Candidate(str(c["docid"]), str(c["text"]), None if first is None else float(first))
+            )
             if c.get("label") is not None:
                 labels.setdefault(qid, {})[str(c["docid"])] = int(c["label"])
         _check_unique(qid, docs)
@@ -397,6 +412,8 @@ class ConfigResult:
         latency_ms: ``{"first_stage"|"rerank"|"total": {"p50", "p95", "mean"}}``; a stage that
             was not measured is absent.
         mean_results: Mean number of results per query (fewer than the depth after a threshold).
+        fusion: The fusion with the first stage that ordered the results (its spec), ``None``
+            for the reranker's order alone.
     """
 
     name: str
@@ -406,6 +423,7 @@ class ConfigResult:
     metrics: dict[str, float]
     latency_ms: dict[str, dict[str, float]]
     mean_results: float
+    fusion: str | None = None
 
 
 @dataclass
@@ -795,6 +813,27 @@ def _probability_quality(
     return out
 
 
+def _fuse(
+    how: Fusion, q: QueryCandidates, results: Sequence[RerankResult], scale: str
+) -> list[RerankResult]:
+    """``results`` (one query, reranked without fusion) re-ordered by fusion ``how``."""
+    by_index = sorted(results, key=lambda r: r.index)
+    scored = [r for r in by_index if r.score is not None]
+    scores = [float(r.score) for r in scored if r.score is not None]
+    first = [q.candidates[r.index].first_stage_score for r in scored]
+    given = None if any(v is None for v in first) else [float(v) for v in first if v is not None]
+    if how.method == "linear" and how.evidence == "score" and given is None:
+        raise ValueError(
+            f"fusion {how.spec()!r} needs first_stage_score on every candidate of query {q.qid}"
+        )
+    fused = how.fuse(scores, scale=scale, first_stage_scores=given)
+    order = sorted(range(len(scored)), key=lambda i: -fused[i])
+    rest = [r for r in results if r.score is None]
+    return [
+        RerankResult(scored[i].index, scored[i].score, scored[i].document, fused[i]) for i in order
+    ] + rest
+
+
 def _remember_raw(model: Reranker) -> Reranker:
     """For a calibrated reranker: a copy whose inner scores are cached, to report "before"."""
     from rerank_core.cache import CachedReranker
@@ -861,6 +900,7 @@ def evaluate_candidates(
     first_stage_name: str = "first stage",
     windows: Iterable[int] = (),
     thresholds: Iterable[float] = (),
+    fusions: Iterable[Fusion | str] = (),
     recall_at: Iterable[int] = (10, 100),
     relevance_level: int = 1,
     scorer_kwargs: Mapping[str, Any] | None = None,
@@ -868,11 +908,13 @@ def evaluate_candidates(
 ) -> EvalReport:
     """Evaluate the first stage, then each reranker on the same candidates.
 
-    For every reranker the report has a row for reranking all candidates, one per window K
-    (rerank the first K, the rest keep first-stage order; run for real so its latency is its
-    own) and one per threshold (drop reranked results scoring below it; same latency as the
-    full rerank). Queries without judgments are left out (and logged); a query whose results a
-    threshold removes entirely scores 0, it is not dropped.
+    For every reranker the report has a row for reranking all candidates in the reranker's
+    order alone, one per fusion with the first stage (the reranker's own default fusion, then
+    each of ``fusions``, on the same scores: first stage, reranked and fused side by side), one
+    per window K (rerank the first K, the rest keep first-stage order; run for real so its
+    latency is its own) and one per threshold (drop reranked results scoring below it; same
+    latency as the full rerank). Queries without judgments are left out (and logged); a query
+    whose results a threshold removes entirely scores 0, it is not dropped.
 
     Args:
         queries: Queries with first-stage candidates.
@@ -883,6 +925,9 @@ def evaluate_candidates(
         first_stage_name: Row name of the first stage alone.
         windows: Rerank windows K to try.
         thresholds: Score thresholds to try.
+        fusions: Fusions with the first stage to try besides the reranker's own (specs such as
+            ``"rrf"`` or :class:`~rerank_core.Fusion` objects); score-based ones use the
+            candidates' ``first_stage_score``.
         recall_at: Cut-offs k of Recall@k.
         relevance_level: Lowest grade that counts as relevant for MRR, Recall and hit@1 (nDCG
             uses the grades themselves).
@@ -899,6 +944,7 @@ def evaluate_candidates(
 
     win = _check_levels("windows", windows, int)
     ths = _check_levels("thresholds", thresholds, float)
+    extra_fusions = [f for f in (Fusion.parse(v) for v in fusions) if f is not None]
     cuts = _check_levels("recall_at", recall_at, int)
     if isinstance(relevance_level, bool) or not isinstance(relevance_level, int):
         raise ValueError(f"relevance_level must be an int, got {relevance_level!r}")
@@ -946,7 +992,7 @@ def evaluate_candidates(
         for q in tqdm(judged, desc=label, unit="q", disable=not progress):
             texts = [c.text for c in q.candidates]
             t0 = time.perf_counter()
-            results[q.qid] = model.rerank(q.query, texts)
+            results[q.qid] = model.rerank(q.query, texts, fusion="none")
             times.append((time.perf_counter() - t0) * 1000)
         return results, times
 
@@ -967,6 +1013,21 @@ def evaluate_candidates(
                 sum(len(r) for r in results.values()) / len(qids),
             )
         )
+        own = [] if model.fusion is None else [model.fusion]
+        for how in dict.fromkeys([*own, *extra_fusions]):
+            fused = {q.qid: _fuse(how, q, results[q.qid], model.score_scale) for q in judged}
+            rows.append(
+                ConfigResult(
+                    f"{name} + {how.spec()}",
+                    name,
+                    None,
+                    None,
+                    _score_run(ranked(fused), qrels, qids, measures),
+                    _latencies(first, times),
+                    sum(len(r) for r in fused.values()) / len(qids),
+                    how.spec(),
+                )
+            )
         calibration[name] = _calibration(
             results, docids, qrels, relevance_level, model.score_scale, _raw_logits(model, judged)
         )

@@ -102,6 +102,12 @@ def register(app: typer.Typer) -> None:
             help="Score a document longer than the model's window by its best window, as "
             "hosted rerank APIs do (default: truncate).",
         ),
+        fusion: str = typer.Option(
+            None,
+            help="Default fusion with the first stage's order: none, rrf, "
+            "'rrf:weight=0.4,k=60' or 'linear:weight=0.7,evidence=rank' (default: the model's "
+            "fusion.json, which the bundled model ships). Requests may override it.",
+        ),
     ) -> None:
         """Serve a reranker over HTTP (Cohere /v1 and /v2, Jina, SiliconFlow and TEI APIs)."""
         try:
@@ -143,6 +149,7 @@ def register(app: typer.Typer) -> None:
             "chunking": True if chunking else None,
             "provider": provider,
             "base_url": base_url,
+            "fusion": fusion,
         }
         options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         reranker = load_backend(model, _name(backend), options)

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from rerank_core.base import Pair, Reranker
+from rerank_core.fusion import Fusion
 from rerank_core.validation import check_number, check_positive_int, check_text
 
 try:
@@ -70,9 +71,11 @@ try:
         ConfigDict,
         Field,
         StrictBool,
+        StrictFloat,
         StrictInt,
         StrictStr,
         field_validator,
+        model_validator,
     )
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -397,6 +400,27 @@ def _check_document_list(value: Any, *, single: bool) -> Any:
     return value
 
 
+def _check_first_stage_count(body: Any) -> None:
+    docs = getattr(body, "documents", None)
+    n = len(body.texts) if docs is None else 1 if isinstance(docs, str) else len(docs)
+    first = body.first_stage_scores
+    if first is not None and len(first) != n:
+        raise ValueError(f"first_stage_scores has {len(first)} values for {n} documents")
+    if body.fusion is not None:
+        how = Fusion.parse(body.fusion)
+        if how is not None and how.method == "linear" and how.evidence == "score" and not first:
+            raise ValueError(f"fusion {body.fusion!r} needs first_stage_scores")
+
+
+_FirstStageScore = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
+
+
+def _check_fusion(value: Any) -> Any:
+    if isinstance(value, str):
+        Fusion.parse(value)  # a ValueError becomes a 422 naming the problem
+    return value
+
+
 class TextDocument(BaseModel):
     """A document given as an object; ``text`` is scored, other fields are returned unchanged."""
 
@@ -444,8 +468,26 @@ class RerankRequestV1(BaseModel):
         "chunks them when started with --chunking.",
     )
 
+    fusion: StrictStr | None = Field(
+        None,
+        description="Fusion with the first stage for this request: 'none', 'rrf', "
+        "'rrf:weight=0.4,k=60', 'linear:weight=0.7,evidence=rank|score'; default the server's "
+        "(`GET /info`). Ranks come from the order of the documents (send them best first).",
+    )
+    first_stage_scores: list[_FirstStageScore] | None = Field(
+        None,
+        description="The first stage's score of each document, higher is better, in document "
+        "order (for fusions that use scores); results keep the model's `relevance_score`.",
+    )
+
     _query = field_validator("query", mode="before")(_check_query)
     _ints = field_validator("top_n", "max_chunks_per_doc", mode="before")(_integral)
+    _fusion = field_validator("fusion", mode="before")(_check_fusion)
+
+    @model_validator(mode="after")
+    def _first_stage(self) -> Any:
+        _check_first_stage_count(self)
+        return self
 
     @field_validator("documents", mode="before")
     @classmethod
@@ -467,8 +509,26 @@ class RerankRequestV2(BaseModel):
         "before scoring, as Cohere does. Servers whose reranker has no tokenizer refuse it.",
     )
 
+    fusion: StrictStr | None = Field(
+        None,
+        description="Fusion with the first stage for this request: 'none', 'rrf', "
+        "'rrf:weight=0.4,k=60', 'linear:weight=0.7,evidence=rank|score'; default the server's "
+        "(`GET /info`). Ranks come from the order of the documents (send them best first).",
+    )
+    first_stage_scores: list[_FirstStageScore] | None = Field(
+        None,
+        description="The first stage's score of each document, higher is better, in document "
+        "order (for fusions that use scores); results keep the model's `relevance_score`.",
+    )
+
     _query = field_validator("query", mode="before")(_check_query)
     _ints = field_validator("top_n", "max_tokens_per_doc", mode="before")(_integral)
+    _fusion = field_validator("fusion", mode="before")(_check_fusion)
+
+    @model_validator(mode="after")
+    def _first_stage(self) -> Any:
+        _check_first_stage_count(self)
+        return self
 
     @field_validator("documents", mode="before")
     @classmethod
@@ -491,8 +551,25 @@ class RerankRequestTEI(BaseModel):
     truncation_direction: Literal["Right"] = Field(
         "Right", description="Only `Right`: a long text keeps its beginning."
     )
+    fusion: StrictStr | None = Field(
+        None,
+        description="Fusion with the first stage for this request: 'none', 'rrf', "
+        "'rrf:weight=0.4,k=60', 'linear:weight=0.7,evidence=rank|score'; default the server's "
+        "(`GET /info`). Ranks come from the order of the documents (send them best first).",
+    )
+    first_stage_scores: list[_FirstStageScore] | None = Field(
+        None,
+        description="The first stage's score of each document, higher is better, in document "
+        "order (for fusions that use scores); results keep the model's `relevance_score`.",
+    )
 
     _query = field_validator("query", mode="before")(_check_query)
+    _fusion = field_validator("fusion", mode="before")(_check_fusion)
+
+    @model_validator(mode="after")
+    def _first_stage(self) -> Any:
+        _check_first_stage_count(self)
+        return self
 
     @field_validator("texts", mode="before")
     @classmethod
@@ -549,6 +626,9 @@ class Health(BaseModel):
     status: Literal["ok", "draining", "down"]
     model: str
     score_scale: str
+    fusion: str = Field(
+        description="The default fusion with the first stage ('none': score order)."
+    )
     batching: bool
     queue_depth: int
     queue_capacity: int
@@ -1194,6 +1274,20 @@ def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) ->
         except Exception as exc:
             raise _HTTPError(500, f"scoring failed: {exc}", "internal") from exc
 
+    def ranking(
+        scores: list[float], spec: str | None, first: Sequence[float] | None
+    ) -> tuple[list[int], list[float] | None]:
+        """The result order, and the fused values when a fusion applies."""
+        how = reranker.fusion if spec is None else Fusion.parse(spec)
+        if how is None:
+            return _order(scores), None
+        fused = how.fuse(
+            scores,
+            scale=scale,
+            first_stage_scores=None if first is None else [float(v) for v in first],
+        )
+        return _order(fused), fused
+
     def meta(version: str, tokens: int) -> dict[str, Any]:
         return {
             "api_version": {"version": version},
@@ -1211,10 +1305,12 @@ def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) ->
         docs = [body.documents] if isinstance(body.documents, str) else body.documents
         texts = [d if isinstance(d, str) else d.text for d in docs]
         scores, tokens = await run(body.query, texts)
-        order = _order(scores)[: body.top_n]
+        order, fused = ranking(scores, body.fusion, body.first_stage_scores)
         results = []
-        for i in order:
+        for i in order[: body.top_n]:
             item: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
+            if fused is not None:
+                item["fused_score"] = fused[i]
             if body.return_documents:
                 doc = docs[i]
                 item["document"] = {"text": doc} if isinstance(doc, str) else doc.model_dump()
@@ -1245,13 +1341,19 @@ def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) ->
             )
         texts = [d if isinstance(d, str) else d.text for d in body.documents]
         scores, tokens = await run(body.query, texts, body.max_tokens_per_doc)
-        order = _order(scores)[: body.top_n]
+        order, fused = ranking(scores, body.fusion, body.first_stage_scores)
         used = sum(tokens)
+        results = []
+        for i in order[: body.top_n]:
+            item = {"index": i, "relevance_score": scores[i]}
+            if fused is not None:
+                item["fused_score"] = fused[i]
+            results.append(item)
         return JSONResponse(
             {
                 "id": str(uuid.uuid4()),
                 "model": model_name,
-                "results": [{"index": i, "relevance_score": scores[i]} for i in order],
+                "results": results,
                 "usage": {"total_tokens": used, "prompt_tokens": used},
                 "meta": meta("2", used),
             }
@@ -1270,11 +1372,14 @@ def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) ->
                 "with `rag-rerank serve --raw-scores` for logits"
             )
         scores, _ = await run(body.query, body.texts)
+        order, fused = ranking(scores, body.fusion, body.first_stage_scores)
         if not body.raw_scores and scale == "logit":
             scores = [_sigmoid(s) for s in scores]
         out = []
-        for i in _order(scores):
+        for i in order:
             item: dict[str, Any] = {"index": i, "score": scores[i]}
+            if fused is not None:
+                item["fused_score"] = fused[i]
             if body.return_text:
                 item["text"] = body.texts[i]
             out.append(item)
@@ -1293,6 +1398,7 @@ def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) ->
                 "status": "ok" if ok else "draining" if batcher.draining else "down",
                 "model": model_name,
                 "score_scale": scale,
+                "fusion": "none" if reranker.fusion is None else reranker.fusion.spec(),
                 "batching": settings.batching,
                 "queue_depth": batcher.depth,
                 "queue_capacity": settings.max_queue,
