@@ -1,7 +1,8 @@
 """``rag-rerank batch`` on a real local Ray: equal scores, a killed actor, no doubled output.
 
-One Ray is started for the whole module (Ray takes tens of seconds to start on 2 cores); each
-job is bounded in time. The scorer is the tiny cross-encoder built from a config.
+One Ray serves the whole session (``ray_session`` in ``conftest.py``: Ray takes tens of seconds
+to start on 2 cores); each job is bounded in time. The scorer is the tiny cross-encoder built
+from a config.
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ import json
 import os
 import random
 import signal
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from rerank_core.app.batch import OUTPUT_COLUMNS, rerank_dataset  # noqa: E402
 from rerank_core.registry import load_reranker  # noqa: E402
+from tests.integration.conftest import bounded  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -35,29 +35,8 @@ WORDS = (
 ).split()
 
 
-@pytest.fixture(scope="module")
-def ray_session() -> Iterator[None]:
-    # Two actors plus the one slot Ray Data's re-blocking step takes.
-    ray.init(
-        num_cpus=3,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level="WARNING",
-    )
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def _bounded(fn: Callable[[], Any], timeout: float = JOB_TIMEOUT_S) -> Any:
-    pool = ThreadPoolExecutor(1)
-    try:
-        return pool.submit(fn).result(timeout=timeout)
-    except FutureTimeout:
-        pytest.fail(f"the Ray job did not finish within {timeout} s")
-    finally:
-        pool.shutdown(wait=False)
+    return bounded(fn, timeout, "the Ray job")
 
 
 def _queries(n: int, candidates: int, seed: int = 0) -> list[dict[str, Any]]:
