@@ -186,3 +186,40 @@ def test_a_killed_actor_loses_and_doubles_nothing(
     assert state.actors()[killed[0]]["NumRestarts"] >= 1, "Ray did not restart the actor"
     assert summary.pairs == 30 * 8
     _check_output(_read(out), _reference(tiny_model_dir, rows), ranked_input=True)
+
+
+def test_an_interrupted_job_resumes_with_every_pair_once(
+    ray_session: None, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+
+    from rerank_core.app.batch import _groups_from_records, score_groups
+
+    rows = _queries(10, 6, seed=11)
+    src = _write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    ref = _reference(tiny_model_dir, rows)
+    # What a driver killed mid-write leaves: its first block (2 whole queries) flushed, the
+    # last line cut off halfway, under the private name of a run that no longer exists.
+    scorer = load_reranker(tiny_model_dir, backend="torch", num_threads=1)
+    block = score_groups(scorer, _groups_from_records(rows[:2]))
+    lines = "".join(json.dumps(r) + "\n" for r in block.to_pylist()).encode()
+    left = tmp_path / f".out.jsonl.{2**22 + 17}-0a1b2c3d.partial"
+    left.write_bytes(lines[:-30])
+    assert isinstance(block, pa.Table) and block.num_rows == 12
+
+    summary = _bounded(
+        lambda: rerank_dataset(
+            src, out, model=tiny_model_dir, actors=2, queries_per_batch=2, resume=True
+        )
+    )
+    # The query whose last line was cut is scored again whole; the other one is carried over.
+    assert (summary.pairs, summary.carried) == (60, 6)
+    result = _read(out)
+    _check_output(result, ref, ranked_input=True)
+    assert not list(tmp_path.glob(".out.jsonl.*")), "the earlier run's files were left behind"
+
+    # Resuming a finished output scores nothing (Ray is not even needed) and changes no row.
+    again = rerank_dataset(src, out, model=tiny_model_dir, resume=True)
+    assert (again.pairs, again.carried) == (60, 60)
+    assert sorted(map(json.dumps, _read(out))) == sorted(map(json.dumps, result))
