@@ -29,9 +29,11 @@ column               meaning
 Every actor loads its scorer through :func:`rerank_core.registry.load_reranker`, so a batch
 score equals the in-process score of the same pair with the same backend and options. Ray
 restarts an actor that dies (a killed process, a lost node) and re-runs the batches it held;
-only finished batches reach the output, which the driver writes to a private partial file and
-publishes under its final name at the end, so a crashed or killed job leaves no half output
-and a finished output is never appended to.
+only finished batches reach the output, which the driver writes beside it under a private name
+(JSON lines flushed block by block, Parquet as whole parts) and publishes under its final name
+at the end, so a crashed or killed job leaves no half output and a finished output is never
+appended to. ``resume=True`` (``--resume``) picks up what a finished, failed or killed run left
+and scores only the queries it lacks.
 
 Example:
     >>> from rerank_core.app.batch import rerank_dataset
@@ -44,12 +46,15 @@ Example:
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import logging
 import os
 import time
+import uuid
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -411,63 +416,326 @@ def _bound_scorer(model: str | None, backend: str, options: Mapping[str, Any]) -
 
 
 class _Writer:
-    """Writes output batches to a private partial file; :meth:`publish` gives it its name."""
+    """Writes output batches where an interrupted run leaves only whole, readable rows.
+
+    JSON lines go to a private partial file, flushed after every block: a run killed mid-write
+    leaves complete lines and at most one cut-off last line. Parquet blocks go to a private
+    folder of parts, each written under a temporary name and renamed when complete, so a killed
+    run leaves whole parts only (and maybe one ``.tmp``). :meth:`publish` merges the parts (for
+    Parquet) and gives the output its final name; a resumed run (:func:`rerank_dataset` with
+    ``resume=True``) reads back what an interrupted one left.
+    """
 
     def __init__(self, path: Path, fmt: str, metadata: Mapping[str, str]) -> None:
         self.path = path
         self.fmt = fmt
-        self.partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        # The pid says whether the run is still alive; the token keeps two runs in one process
+        # (an interrupted call, then a resumed one) apart.
+        stem = f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.partial = path.with_name(f"{stem}.partial")
+        self.parts = path.with_name(f"{stem}.parts")
         self.metadata = dict(metadata)
         self.rows = 0
         self.keep = False
-        self._parquet: Any = None
         self._fh: Any = None
+        self._part = 0
         if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            schema = _output_schema().with_metadata(
-                {k.encode(): v.encode() for k, v in self.metadata.items()}
-            )
-            self._parquet = pq.ParquetWriter(str(self.partial), schema)
+            self.parts.mkdir()
         else:
             self._fh = self.partial.open("w", encoding="utf-8")
 
     def write(self, table: pa.Table) -> None:
         table = table.select(list(OUTPUT_COLUMNS)).cast(_output_schema())
-        if self._parquet is not None:
-            self._parquet.write_table(table)
+        if self.fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            self._part += 1
+            part = self.parts / f"part-{self._part:06d}.parquet"
+            tmp = part.with_name(part.name + ".tmp")
+            pq.write_table(table, str(tmp))
+            os.replace(tmp, part)
         else:
-            for row in table.to_pylist():
-                self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._fh.write(
+                "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in table.to_pylist())
+            )
+            self._fh.flush()
         self.rows += table.num_rows
 
     def close(self) -> None:
-        if self._parquet is not None:
-            self._parquet.close()
-            self._parquet = None
         if self._fh is not None:
             self._fh.close()
             self._fh = None
 
+    def _merge_parts(self) -> None:
+        import pyarrow.parquet as pq
+
+        schema = _output_schema().with_metadata(
+            {k.encode(): v.encode() for k, v in self.metadata.items()}
+        )
+        with pq.ParquetWriter(str(self.partial), schema) as out:
+            for part in sorted(self.parts.glob("part-*.parquet")):
+                out.write_table(pq.read_table(part).cast(_output_schema()))
+
     def publish(self, overwrite: bool) -> None:
         self.close()
+        if self.fmt == "parquet":
+            self._merge_parts()
         if overwrite:
             os.replace(self.partial, self.path)
-            return
-        try:
-            os.link(self.partial, self.path)  # fails if another run published meanwhile
-        except FileExistsError:
-            self.keep = True  # the finished work stays, under its partial name
-            raise FileExistsError(
-                f"output {self.path} appeared while this run was writing; this run's result "
-                f"is kept in {self.partial}"
-            ) from None
-        self.partial.unlink()
+        else:
+            try:
+                os.link(self.partial, self.path)  # fails if another run published meanwhile
+            except FileExistsError:
+                self.keep = True  # the finished work stays, under its partial name
+                raise FileExistsError(
+                    f"output {self.path} appeared while this run was writing; this run's "
+                    f"result is kept in {self.partial}"
+                ) from None
+            self.partial.unlink()
+        self._remove_parts()
+
+    def _remove_parts(self) -> None:
+        if self.parts.is_dir():
+            for f in self.parts.iterdir():
+                f.unlink()
+            self.parts.rmdir()
 
     def discard(self) -> None:
+        """After a failure: keep the rows written so far for a resume, or remove the files."""
         self.close()
-        if not self.keep:
-            self.partial.unlink(missing_ok=True)
+        if self.keep:
+            return
+        if self.rows:
+            kept = self.parts if self.fmt == "parquet" else self.partial
+            logger.warning(
+                "the run stopped after %d scored pairs; they are kept in %s: run again with "
+                "--resume to score only the rest",
+                self.rows,
+                kept,
+            )
+            if self.fmt == "parquet":
+                self.partial.unlink(missing_ok=True)
+            return
+        self.partial.unlink(missing_ok=True)
+        self._remove_parts()
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def _digest(docids: Iterable[str]) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for d in sorted(docids):
+        h.update(d.encode("utf-8", "surrogatepass") + b"\0")
+    return h.digest()
+
+
+def _input_digests(spec: InputSpec) -> dict[str, bytes]:
+    """Each input query's digest of its docids (read on the driver, only for a resume)."""
+    import pyarrow.parquet as pq
+
+    from rerank_core.app.data import iter_jsonl
+
+    per_qid: dict[str, list[str]] = {}
+
+    def add(row: Mapping[str, Any]) -> None:
+        qid = str(row.get("qid"))
+        if spec.layout == "rerank":
+            for c in row.get("candidates") or []:
+                per_qid.setdefault(qid, []).append(str(c.get("docid")))
+            per_qid.setdefault(qid, [])
+        else:
+            per_qid.setdefault(qid, []).append(str(row.get("docid")))
+
+    if spec.format == "jsonl":
+        for row in iter_jsonl(spec.path):
+            add(row)
+    else:
+        columns = ["qid", "candidates"] if spec.layout == "rerank" else ["qid", "docid"]
+        for f in spec.files:
+            for batch in pq.ParquetFile(f).iter_batches(columns=columns, batch_size=4096):
+                for row in batch.to_pylist():
+                    add(row)
+    return {qid: _digest(ids) for qid, ids in per_qid.items()}
+
+
+def _valid_row(row: Any) -> bool:
+    if not isinstance(row, dict) or list(row) != list(OUTPUT_COLUMNS):
+        return False
+    ok = isinstance(row["qid"], str) and isinstance(row["docid"], str)
+    ok = ok and isinstance(row["model"], str)
+    ok = ok and isinstance(row["score"], (int, float)) and not isinstance(row["score"], bool)
+    return ok and isinstance(row["rank"], int) and not isinstance(row["rank"], bool)
+
+
+@dataclass
+class _Earlier:
+    """What earlier runs left for ``output``: the published output and interrupted runs' files."""
+
+    output: Path | None = None
+    partials: list[Path] = field(default_factory=list)  # JSON lines of interrupted runs
+    parts: list[Path] = field(default_factory=list)  # Parquet part folders of interrupted runs
+    merges: list[Path] = field(default_factory=list)  # half-merged Parquet partial files
+    dropped: int = 0
+
+    def leftovers(self) -> list[Path]:
+        return [*self.partials, *self.parts, *self.merges]
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """Every readable, well-formed row; a cut-off or corrupt line or part is counted."""
+        import pyarrow.parquet as pq
+
+        for folder in self.parts:
+            for part in sorted(folder.iterdir()):
+                if not part.name.endswith(".parquet"):
+                    continue  # a part cut off mid-write (.tmp)
+                try:
+                    table = pq.read_table(part)
+                except Exception:
+                    logger.warning("resume: skipping unreadable part %s", part)
+                    continue
+                yield from self._checked(table.to_pylist())
+        for path in self.partials:
+            yield from self._jsonl(path)
+        if self.output is not None:
+            if self.output.name.lower().endswith(".parquet"):
+                try:
+                    reader = pq.ParquetFile(self.output)
+                except Exception as exc:
+                    raise ValueError(
+                        f"output {self.output} is not a readable Parquet file ({exc}); "
+                        "--resume cannot use it: pass --overwrite or choose another path"
+                    ) from None
+                for batch in reader.iter_batches(batch_size=8192):
+                    yield from self._checked(batch.to_pylist())
+            else:
+                yield from self._jsonl(self.output)
+
+    def _checked(self, rows: Iterable[Any]) -> Iterator[dict[str, Any]]:
+        for row in rows:
+            if _valid_row(row):
+                yield row
+            else:
+                self.dropped += 1
+
+    def _jsonl(self, path: Path) -> Iterator[dict[str, Any]]:
+        with path.open("rb") as fh:
+            for raw in fh:
+                try:
+                    if not raw.endswith(b"\n"):
+                        raise ValueError("cut-off last line")
+                    row = json.loads(raw)
+                except ValueError:
+                    self.dropped += 1
+                    continue
+                yield from self._checked([row])
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _find_earlier(out: Path, fmt: str) -> _Earlier:
+    """The output and what interrupted runs into it left; refuses while another run writes."""
+    earlier = _Earlier(output=out if out.exists() else None)
+    prefix = f".{out.name}."
+    for f in sorted(out.parent.glob(f".{glob.escape(out.name)}.*")):
+        rest = f.name[len(prefix) :]
+        run, _, kind = rest.partition(".")
+        pid_text = run.split("-")[0]
+        if not pid_text.isdigit() or kind not in ("partial", "parts"):
+            continue
+        if _pid_alive(int(pid_text)):
+            raise FileExistsError(
+                f"another run (pid {pid_text}) is writing {out} ({f.name}); wait for it, or "
+                "remove that file if no such run is active"
+            )
+        if kind == "parts":
+            earlier.parts.append(f)
+        elif fmt == "parquet":
+            earlier.merges.append(f)  # a merge cut off; its parts folder has the rows
+        else:
+            earlier.partials.append(f)
+    return earlier
+
+
+@dataclass
+class _ResumePlan:
+    """Queries already scored in full (their rows are carried over) and the earlier files."""
+
+    earlier: _Earlier
+    done: frozenset[str]
+    models: frozenset[str]
+    carried: int
+    left: int  # input queries still to score
+
+
+def _plan_resume(spec: InputSpec, out: Path, fmt: str) -> _ResumePlan:
+    """Which input queries earlier runs scored in full: every one of their pairs, nothing else.
+
+    A query of which only some pairs were written (a run cut off inside it) is scored again
+    whole, so its ranks cover all its pairs; its earlier rows are dropped.
+    """
+    earlier = _find_earlier(out, fmt)
+    wanted = _input_digests(spec)
+    seen: dict[str, set[str]] = {}
+    models: set[str] = set()
+    for row in earlier.rows():
+        if row["qid"] in wanted:
+            seen.setdefault(row["qid"], set()).add(row["docid"])
+            models.add(row["model"])
+    done = frozenset(q for q, ids in seen.items() if _digest(ids) == wanted[q])
+    carried = sum(len(seen[q]) for q in done)
+    if earlier.dropped:
+        logger.warning(
+            "resume: %d cut-off or unreadable row(s) in earlier output are scored again",
+            earlier.dropped,
+        )
+    logger.info(
+        "resume: %d of %d queries (%d pairs) already scored", len(done), len(wanted), carried
+    )
+    return _ResumePlan(earlier, done, frozenset(models), carried, len(wanted) - len(done))
+
+
+def _carry(plan: _ResumePlan, writer: _Writer, chunk: int = 8192) -> None:
+    """Write the earlier rows of the fully scored queries, each pair once."""
+    import pyarrow as pa
+
+    written: dict[str, set[str]] = {}
+    rows: list[dict[str, Any]] = []
+    plan.earlier.dropped = 0
+    for row in plan.earlier.rows():
+        qid, docid = row["qid"], row["docid"]
+        if qid not in plan.done:
+            continue
+        ids = written.setdefault(qid, set())
+        if docid in ids:
+            continue
+        ids.add(docid)
+        rows.append(row)
+        if len(rows) >= chunk:
+            writer.write(pa.Table.from_pylist(rows, schema=_output_schema()))
+            rows = []
+    if rows:
+        writer.write(pa.Table.from_pylist(rows, schema=_output_schema()))
+
+
+def _skip_done(groups: pa.Table, done: frozenset[str]) -> pa.Table:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not done:
+        return groups
+    keep = pc.invert(pc.is_in(groups.column("qid"), value_set=pa.array(sorted(done), pa.string())))
+    return groups.filter(keep)
 
 
 def _output_format(path: Path, fmt: str | None) -> str:
@@ -492,7 +760,7 @@ class BatchSummary:
 
     Attributes:
         output: The file written.
-        pairs: Rows written (one per input pair).
+        pairs: Rows written (one per input pair), carried over ones included.
         seconds: Wall time of the Ray job (reading, scoring, writing), Ray start excluded.
         first_rows_seconds: Time until the first scored block was written: mostly starting
             the actors and loading the model in each.
@@ -500,6 +768,7 @@ class BatchSummary:
         model: The reranker's ``score_id``.
         actors: Size of the actor pool.
         layout: ``"rerank"`` or ``"pairs"``.
+        carried: Rows carried over from an earlier run (``resume``), not scored by this one.
     """
 
     output: Path
@@ -510,17 +779,18 @@ class BatchSummary:
     layout: str
     first_rows_seconds: float = 0.0
     first_rows: int = 0
+    carried: int = 0
 
     @property
     def pairs_per_second(self) -> float:
-        """Throughput of the whole job."""
-        return self.pairs / self.seconds if self.seconds > 0 else 0.0
+        """Throughput of the whole job (pairs this run scored)."""
+        return (self.pairs - self.carried) / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def steady_pairs_per_second(self) -> float:
         """Throughput once the first block was out (actor start-up excluded)."""
         span = self.seconds - self.first_rows_seconds
-        return (self.pairs - self.first_rows) / span if span > 0 else 0.0
+        return (self.pairs - self.carried - self.first_rows) / span if span > 0 else 0.0
 
 
 def _connect(ray: Any, address: str | None, cpus: int) -> bool:
@@ -551,6 +821,7 @@ def rerank_dataset(
     options: Mapping[str, Any] | None = None,
     output_format: str | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     address: str | None = None,
     max_restarts: int = 4,
     progress: bool = False,
@@ -577,6 +848,14 @@ def rerank_dataset(
             (``batch_size``, ``max_length``, ``chunking``, ``device``, ...).
         output_format: ``"parquet"`` or ``"jsonl"``; ``None`` goes by the output's suffix.
         overwrite: Replace an existing output; otherwise an existing output is refused.
+        resume: Keep what an earlier run into ``output`` wrote (the finished output, or the
+            files a killed or failed run left beside it) and score only the rest: a query all
+            of whose input pairs are there, read back intact, is carried over as it is; any
+            other query (never reached, or cut off mid-write: a truncated JSON line, a Parquet
+            part not finished) is scored again whole, so its ranks cover all its pairs. The
+            output is then replaced by one holding every input pair once. The earlier rows
+            must come from the same model and settings (``model`` column), else
+            ``ValueError``. The driver reads the input's qids and docids once to plan this.
         address: Ray cluster address (``"auto"``, ``"ray://host:10001"``); ``None`` runs
             locally unless Ray is already initialised.
         max_restarts: How often Ray restarts a dead actor (its unfinished batches are retried on
@@ -589,12 +868,15 @@ def rerank_dataset(
 
     Raises:
         ImportError: Ray is not installed.
-        FileExistsError: ``output`` exists and ``overwrite`` is false.
+        FileExistsError: ``output`` exists and neither ``overwrite`` nor ``resume`` is set, or
+            another run is writing it.
         FileNotFoundError: ``source`` does not exist.
         ValueError: bad arguments or bad input rows (the message names the query).
     """
     from rerank_core.registry import BACKENDS
 
+    if overwrite and resume:
+        raise ValueError("choose one of overwrite (start again) and resume (keep what is done)")
     ray = require_ray()
     actors = check_positive_int("actors", actors) or 1
     threads = check_positive_int("threads_per_actor", threads_per_actor) or 1
@@ -608,14 +890,17 @@ def rerank_dataset(
         raise ValueError(f"gpus_per_actor must be >= 0, got {gpus_per_actor!r}")
     out = Path(output)
     fmt = _output_format(out, output_format)
-    if out.exists() and not overwrite:
+    if out.exists() and not overwrite and not resume:
         raise FileExistsError(
-            f"output {out} exists; a finished output is never appended to: choose another "
-            "path or pass overwrite=True (--overwrite) to replace it"
+            f"output {out} exists; a finished output is never appended to: pass resume=True "
+            "(--resume) to score only the pairs it lacks, overwrite=True (--overwrite) to "
+            "replace it, or choose another path"
         )
     if not out.parent.is_dir():
         raise FileNotFoundError(f"output folder {out.parent} does not exist")
     spec = detect_input(source)
+    plan = _plan_resume(spec, out, fmt) if resume else None
+    done = plan.done if plan is not None else frozenset()
     scorer_options = dict(options or {})
     if BACKENDS[backend].local:
         scorer_options.setdefault("num_threads", threads)
@@ -623,12 +908,15 @@ def rerank_dataset(
             scorer_options.setdefault("device", "cuda")
     model_arg = str(model) if model else None
 
+    if plan is not None and plan.left == 0:  # nothing to score: no Ray needed
+        return _publish_carried(plan, out, fmt, actors, spec.layout)
+
     started = _connect(ray, address, actors * threads)
     writer: _Writer | None = None
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # ours counts pairs; Ray's would print per operator
-        groups = _build_groups(ray, spec, actors, per_call)
+        groups = _build_groups(ray, spec, actors, per_call, done)
         with warnings.catch_warnings():
             # Ray deprecates passing actor options through map_batches' **kwargs but has no
             # named parameter for restarts yet; the options still apply.
@@ -655,6 +943,12 @@ def rerank_dataset(
             if writer is None:
                 first_s, first_n = time.perf_counter() - t0, table.num_rows
                 model_id = str(table.column("model")[0])
+                if plan is not None and plan.models - {model_id}:
+                    raise ValueError(
+                        f"--resume: {out} was scored with other model settings "
+                        f"({sorted(plan.models - {model_id})}) than this run ({model_id}); "
+                        "resume with the same model and options, or pass --overwrite"
+                    )
                 writer = _Writer(out, fmt, {"rag_rerank.model": model_id})
             writer.write(table)
             bar.update(table.num_rows)
@@ -662,21 +956,64 @@ def rerank_dataset(
                 on_rows(writer.rows)
         seconds = time.perf_counter() - t0
         bar.close()
-        if writer is None:  # no pair at all: still a valid, empty output
-            writer = _Writer(out, fmt, {})
-        writer.publish(overwrite)
+        if writer is None:  # no new pair: still a valid output (maybe all carried over)
+            if plan is not None and len(plan.models) > 1:
+                raise ValueError(f"--resume: {out} mixes model settings {sorted(plan.models)}")
+            model_id = next(iter(plan.models)) if plan is not None and plan.models else ""
+            writer = _Writer(out, fmt, {"rag_rerank.model": model_id} if model_id else {})
+        scored = writer.rows
+        if plan is not None:
+            _carry(plan, writer)
+        writer.publish(overwrite or resume)
         rows = writer.rows
         writer = None
+        if plan is not None:
+            _remove(plan.earlier.leftovers())
     finally:
         if writer is not None:
             writer.discard()
         if started:
             ray.shutdown()
     logger.info("wrote %d scored pairs to %s in %.1f s", rows, out, seconds)
-    return BatchSummary(out, rows, seconds, model_id, actors, spec.layout, first_s, first_n)
+    return BatchSummary(
+        out, rows, seconds, model_id, actors, spec.layout, first_s, first_n, rows - scored
+    )
 
 
-def _build_groups(ray: Any, spec: InputSpec, actors: int, per_call: int) -> Any:
+def _publish_carried(
+    plan: _ResumePlan, out: Path, fmt: str, actors: int, layout: str
+) -> BatchSummary:
+    if len(plan.models) > 1:
+        raise ValueError(f"--resume: {out} mixes model settings {sorted(plan.models)}")
+    model_id = next(iter(plan.models), "")
+    writer = _Writer(out, fmt, {"rag_rerank.model": model_id} if model_id else {})
+    try:
+        _carry(plan, writer)
+        writer.publish(True)
+    except BaseException:
+        writer.keep = False
+        writer.close()
+        writer.partial.unlink(missing_ok=True)
+        writer._remove_parts()
+        raise
+    _remove(plan.earlier.leftovers())
+    logger.info("resume: every pair of %s was already scored", out)
+    return BatchSummary(out, writer.rows, 0.0, model_id, actors, layout, carried=writer.rows)
+
+
+def _remove(paths: Iterable[Path]) -> None:
+    for p in paths:
+        if p.is_dir():
+            for f in p.iterdir():
+                f.unlink()
+            p.rmdir()
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _build_groups(
+    ray: Any, spec: InputSpec, actors: int, per_call: int, done: frozenset[str] = frozenset()
+) -> Any:
     """The input as a Ray dataset of query groups (the rerank layout streams; pairs shuffle).
 
     Blocks are cut to ``per_call`` groups: an actor task takes whole blocks, so one big block
@@ -711,4 +1048,8 @@ def _build_groups(ray: Any, spec: InputSpec, actors: int, per_call: int) -> Any:
         )
     if spec.layout == "pairs":
         ds = ds.groupby("qid").map_groups(_group_pairs, batch_format="pyarrow", num_cpus=0)
+    if done:  # queries an earlier run scored in full (resume)
+        ds = ds.map_batches(
+            _skip_done, fn_kwargs={"done": done}, batch_format="pyarrow", num_cpus=0
+        )
     return ds.repartition(target_num_rows_per_block=per_call)

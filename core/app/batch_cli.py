@@ -67,6 +67,12 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(
             False, "--overwrite", help="Replace an existing output (never appended to)."
         ),
+        resume: bool = typer.Option(
+            False,
+            "--resume",
+            help="Keep what an earlier (finished, failed or killed) run into the output wrote "
+            "and score only the rest; every pair ends up in the output once.",
+        ),
         output_format: str = typer.Option(
             None, "--format", help="parquet or jsonl (default: by the output's suffix)."
         ),
@@ -100,15 +106,17 @@ def register(app: typer.Typer) -> None:
                 options=options,
                 output_format=output_format,
                 overwrite=overwrite,
+                resume=resume,
                 address=address,
                 progress=True,
             )
         except (ValueError, FileExistsError, FileNotFoundError) as exc:
             raise typer.BadParameter(str(exc)) from exc
+        carried = f", {summary.carried} carried over from the earlier run" if resume else ""
         typer.echo(
             f"wrote {summary.pairs} scored pairs to {summary.output} in {summary.seconds:.1f} s "
             f"({summary.pairs_per_second:.1f} pairs/s, {summary.actors} actor(s), "
-            f"{summary.layout} layout)"
+            f"{summary.layout} layout{carried})"
         )
         typer.echo(f"model: {summary.model}")
 

@@ -108,8 +108,56 @@ def register(app: typer.Typer) -> None:
             "'rrf:weight=0.4,k=60' or 'linear:weight=0.7,evidence=rank' (default: the model's "
             "fusion.json, which the bundled model ships). Requests may override it.",
         ),
+        on_ray: bool = typer.Option(
+            False,
+            "--ray",
+            help="Deploy on Ray Serve: each replica loads its own scorer and serves this same "
+            "app (needs the ray-serve extra).",
+        ),
+        replicas: int = typer.Option(
+            None, min=1, help="With --ray: a fixed number of replicas (default 1)."
+        ),
+        min_replicas: int = typer.Option(
+            None, min=0, help="With --ray: autoscale, with at least this many replicas."
+        ),
+        max_replicas: int = typer.Option(
+            None, min=1, help="With --ray: autoscale, with at most this many replicas."
+        ),
+        target_ongoing_requests: float = typer.Option(
+            8.0,
+            help="With --ray and autoscaling: requests ongoing per replica to aim at (more "
+            "adds replicas, fewer removes them).",
+        ),
+        max_ongoing_requests: int = typer.Option(
+            64, min=1, help="With --ray: most requests one replica takes at once."
+        ),
+        address: str = typer.Option(
+            None,
+            help="With --ray: Ray cluster to join ('auto', 'ray://head:10001'); default: a local "
+            "Ray started for this server.",
+        ),
     ) -> None:
-        """Serve a reranker over HTTP (Cohere /v1 and /v2, Jina, SiliconFlow and TEI APIs)."""
+        """Serve a reranker over HTTP (Cohere /v1 and /v2, Jina, SiliconFlow and TEI APIs).
+
+        With ``--ray`` the same app runs on Ray Serve: ``--replicas N`` replicas, or autoscaling
+        between ``--min-replicas`` and ``--max-replicas`` by requests ongoing per replica; each
+        replica takes ``--threads`` CPU slots (default 1). On SIGTERM or Ctrl-C the replicas
+        finish their ongoing requests (up to ``--graceful-timeout``) before they stop.
+        """
+        ray_only = {
+            "--replicas": replicas,
+            "--min-replicas": min_replicas,
+            "--max-replicas": max_replicas,
+            "--address": address,
+        }
+        if not on_ray and any(v is not None for v in ray_only.values()):
+            given = [k for k, v in ray_only.items() if v is not None]
+            raise typer.BadParameter(f"{', '.join(given)} need(s) --ray")
+        if replicas is not None and (min_replicas is not None or max_replicas is not None):
+            raise typer.BadParameter(
+                "give either --replicas (a fixed number) or --min-replicas/--max-replicas "
+                "(autoscaling), not both"
+            )
         try:
             import uvicorn  # noqa: F401
         except ImportError as exc:
@@ -152,6 +200,35 @@ def register(app: typer.Typer) -> None:
             "fusion": fusion,
         }
         options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        if on_ray:
+            from rerank_core.app.ray_serve import RayServeConfig
+
+            if threads is None and _name(backend) != "http":
+                # One thread per CPU slot the replica holds, so replicas do not oversubscribe.
+                options["num_threads"] = 1
+            autoscale = min_replicas is not None or max_replicas is not None
+            low = min_replicas if min_replicas is not None else 1
+            try:
+                config = RayServeConfig(
+                    model=model,
+                    backend=_name(backend),
+                    options=options,
+                    settings=settings,
+                    replicas=None if autoscale else (replicas or 1),
+                    min_replicas=low,
+                    max_replicas=max_replicas if max_replicas is not None else max(low, 1),
+                    target_ongoing_requests=target_ongoing_requests,
+                    max_ongoing_requests=max_ongoing_requests,
+                    replica_cpus=float(threads or 1),
+                    graceful_timeout_s=float(graceful_timeout),
+                    host=host,
+                    port=port,
+                    address=address,
+                )
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc)) from exc
+            _serve_on_ray(config, batching=batching)
+            return
         reranker = load_backend(model, _name(backend), options)
         app_ = create_app(reranker, settings=settings)
         typer.echo(
@@ -167,6 +244,8 @@ def register(app: typer.Typer) -> None:
             access_log=access_log,
             log_level="info",
         )
+
+    _register_ray_bench(app)
 
     @app.command("bench-server")
     def bench_server_command(
@@ -246,6 +325,93 @@ def register(app: typer.Typer) -> None:
         json_path, md_path = write_report(report, output)
         typer.echo(md_path.read_text(encoding="utf-8"))
         typer.echo(f"wrote {json_path} and {md_path}")
+
+
+def _register_ray_bench(app: typer.Typer) -> None:
+    @app.command("bench-ray-serve")
+    def bench_ray_serve_command(
+        output: Path = typer.Option(Path("benchmarks"), "--output", "-o", help="Output folder."),
+        model: str = typer.Option(None, "--model", "-m", help="Model to serve (default bundled)."),
+        backend: BackendName = typer.Option("torch", "--backend", "-b", help="Backend."),
+        threads: int = typer.Option(1, min=1, help="Model threads (and CPU slots) of the replica."),
+        clients: list[int] = typer.Option([16], "--clients", "-c", help="Concurrent clients."),
+        documents: int = typer.Option(20, min=1, help="Documents per request."),
+        duration: float = typer.Option(20.0, help="Seconds of load per mode and client count."),
+        warmup: float = typer.Option(3.0, help="Seconds of unmeasured load before each run."),
+        modes: list[str] = typer.Option(
+            ["batcher", "serve-batch", "none"], "--mode", help="batcher, serve-batch, none."
+        ),
+        max_batch_size: int = typer.Option(16, min=1, help="@serve.batch's max_batch_size."),
+        name: str = typer.Option("ray_serve_batching", help="File stem of the outputs."),
+    ) -> None:
+        """On Ray Serve, time the app's dynamic batcher against ``@serve.batch`` (one replica)."""
+        import shlex
+        import sys
+
+        from rerank_core.app.ray_serve_bench import (
+            bench_to_markdown,
+            run_ray_serve_bench,
+            write_report,
+        )
+
+        try:
+            report = run_ray_serve_bench(
+                model,
+                backend=_name(backend),
+                threads=threads,
+                clients=clients,
+                documents=documents,
+                duration_s=duration,
+                warmup_s=warmup,
+                modes=modes,
+                max_batch_size=max_batch_size,
+                progress=typer.echo,
+            )
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        report["command"] = shlex.join(["rag-rerank", *sys.argv[1:]])
+        json_path, md_path = write_report(report, output, name)
+        typer.echo(bench_to_markdown(report))
+        typer.echo(f"wrote {json_path} and {md_path}")
+
+
+def _serve_on_ray(config: Any, *, batching: bool) -> None:
+    """Run the app on Ray Serve until SIGTERM or Ctrl-C, then drain and stop."""
+    import signal
+    import threading
+
+    from rerank_core.app import ray_serve
+
+    ray_serve.require_serve()
+    scale = (
+        f"{config.replicas} replica(s)"
+        if config.replicas is not None
+        else f"{config.min_replicas}-{config.max_replicas} replicas, autoscaled at "
+        f"{config.target_ongoing_requests:g} ongoing requests each"
+    )
+    typer.echo(f"starting Ray Serve ({scale}); each replica loads its own scorer ...")
+    started = ray_serve.connect(config)
+    stopping = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stopping.set())
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        url = ray_serve.start(config)
+        settings = config.settings
+        typer.echo(
+            f"serving on Ray Serve at {url} (batching {'on' if batching else 'off'}, "
+            f"auth {'on' if settings is not None and settings.api_key else 'off'}); docs at /docs"
+        )
+        stopping.wait()
+        typer.echo(
+            f"draining: replicas finish their requests (up to {config.graceful_timeout_s:g} s)"
+        )
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        ray_serve.stop(local_ray=started and not config.address, disconnect=started)
+    typer.echo("stopped")
 
 
 def load_backend(model: str | None, backend: str, options: dict[str, Any]) -> Any:

@@ -1,7 +1,8 @@
 """``rag-rerank batch`` on a real local Ray: equal scores, a killed actor, no doubled output.
 
-One Ray is started for the whole module (Ray takes tens of seconds to start on 2 cores); each
-job is bounded in time. The scorer is the tiny cross-encoder built from a config.
+One Ray serves the whole session (``ray_session`` in ``conftest.py``: Ray takes tens of seconds
+to start on 2 cores); each job is bounded in time. The scorer is the tiny cross-encoder built
+from a config.
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ import json
 import os
 import random
 import signal
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from rerank_core.app.batch import OUTPUT_COLUMNS, rerank_dataset  # noqa: E402
 from rerank_core.registry import load_reranker  # noqa: E402
+from tests.integration.conftest import bounded  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -35,29 +35,8 @@ WORDS = (
 ).split()
 
 
-@pytest.fixture(scope="module")
-def ray_session() -> Iterator[None]:
-    # Two actors plus the one slot Ray Data's re-blocking step takes.
-    ray.init(
-        num_cpus=3,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level="WARNING",
-    )
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def _bounded(fn: Callable[[], Any], timeout: float = JOB_TIMEOUT_S) -> Any:
-    pool = ThreadPoolExecutor(1)
-    try:
-        return pool.submit(fn).result(timeout=timeout)
-    except FutureTimeout:
-        pytest.fail(f"the Ray job did not finish within {timeout} s")
-    finally:
-        pool.shutdown(wait=False)
+    return bounded(fn, timeout, "the Ray job")
 
 
 def _queries(n: int, candidates: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -207,3 +186,40 @@ def test_a_killed_actor_loses_and_doubles_nothing(
     assert state.actors()[killed[0]]["NumRestarts"] >= 1, "Ray did not restart the actor"
     assert summary.pairs == 30 * 8
     _check_output(_read(out), _reference(tiny_model_dir, rows), ranked_input=True)
+
+
+def test_an_interrupted_job_resumes_with_every_pair_once(
+    ray_session: None, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+
+    from rerank_core.app.batch import _groups_from_records, score_groups
+
+    rows = _queries(10, 6, seed=11)
+    src = _write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    ref = _reference(tiny_model_dir, rows)
+    # What a driver killed mid-write leaves: its first block (2 whole queries) flushed, the
+    # last line cut off halfway, under the private name of a run that no longer exists.
+    scorer = load_reranker(tiny_model_dir, backend="torch", num_threads=1)
+    block = score_groups(scorer, _groups_from_records(rows[:2]))
+    lines = "".join(json.dumps(r) + "\n" for r in block.to_pylist()).encode()
+    left = tmp_path / f".out.jsonl.{2**22 + 17}-0a1b2c3d.partial"
+    left.write_bytes(lines[:-30])
+    assert isinstance(block, pa.Table) and block.num_rows == 12
+
+    summary = _bounded(
+        lambda: rerank_dataset(
+            src, out, model=tiny_model_dir, actors=2, queries_per_batch=2, resume=True
+        )
+    )
+    # The query whose last line was cut is scored again whole; the other one is carried over.
+    assert (summary.pairs, summary.carried) == (60, 6)
+    result = _read(out)
+    _check_output(result, ref, ranked_input=True)
+    assert not list(tmp_path.glob(".out.jsonl.*")), "the earlier run's files were left behind"
+
+    # Resuming a finished output scores nothing (Ray is not even needed) and changes no row.
+    again = rerank_dataset(src, out, model=tiny_model_dir, resume=True)
+    assert (again.pairs, again.carried) == (60, 60)
+    assert sorted(map(json.dumps, _read(out))) == sorted(map(json.dumps, result))

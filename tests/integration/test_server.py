@@ -15,6 +15,7 @@ httpx = pytest.importorskip("httpx")
 
 from rerank_core.app.server import ServerSettings, create_app  # noqa: E402
 from tests.fakes import GatedReranker  # noqa: E402
+from tests.integration.conftest import SERVER_KEY  # noqa: E402
 from tests.integration.live_server import running  # noqa: E402
 
 QUERY = "how do cross-encoders rerank passages?"
@@ -25,7 +26,7 @@ DOCS = [
     "Rerankers reorder the candidates a first-stage retriever found.",
     "Bananas are rich in potassium.",
 ]
-KEY = "test-key-123"
+KEY = SERVER_KEY
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,12 @@ def tiny_server(tiny_scorer):
         yield url
 
 
+@pytest.fixture(params=["uvicorn", "ray-serve"])
+def cohere_server(request: pytest.FixtureRequest) -> str:
+    """The plain server, then the same app deployed by ``serve --ray`` (skipped without Ray)."""
+    return request.getfixturevalue("tiny_server" if request.param == "uvicorn" else "ray_serve_url")
+
+
 def _order(scores: list[float]) -> list[int]:
     return sorted(range(len(scores)), key=lambda i: -scores[i])
 
@@ -42,10 +49,10 @@ def _order(scores: list[float]) -> list[int]:
 # ------------------------------------------------------------------------------- real clients
 
 
-def test_cohere_client_v1(tiny_server, tiny_scorer):
+def test_cohere_client_v1(cohere_server, tiny_scorer):
     cohere = pytest.importorskip("cohere")
     expected = tiny_scorer.score(QUERY, DOCS)
-    co = cohere.Client(api_key=KEY, base_url=tiny_server, timeout=60)
+    co = cohere.Client(api_key=KEY, base_url=cohere_server, timeout=60)
     res = co.rerank(query=QUERY, documents=DOCS, top_n=3, return_documents=True, model="tiny")
     assert [r.index for r in res.results] == _order(expected)[:3]
     for r in res.results:
@@ -55,10 +62,10 @@ def test_cohere_client_v1(tiny_server, tiny_scorer):
     assert [r.index for r in objs.results] == _order(expected)
 
 
-def test_cohere_client_v2(tiny_server, tiny_scorer):
+def test_cohere_client_v2(cohere_server, tiny_scorer):
     cohere = pytest.importorskip("cohere")
     expected = tiny_scorer.score(QUERY, DOCS)
-    co = cohere.ClientV2(api_key=KEY, base_url=tiny_server, timeout=60)
+    co = cohere.ClientV2(api_key=KEY, base_url=cohere_server, timeout=60)
     res = co.rerank(model="tiny", query=QUERY, documents=DOCS, top_n=2)
     assert [r.index for r in res.results] == _order(expected)[:2]
     assert [r.relevance_score for r in res.results] == pytest.approx(
@@ -66,17 +73,17 @@ def test_cohere_client_v2(tiny_server, tiny_scorer):
     )
 
 
-def test_cohere_client_errors(tiny_server):
+def test_cohere_client_errors(cohere_server):
     cohere = pytest.importorskip("cohere")
     from cohere.errors import BadRequestError, UnauthorizedError
 
     with pytest.raises(UnauthorizedError) as wrong:
-        cohere.Client(api_key="wrong", base_url=tiny_server, timeout=60).rerank(
+        cohere.Client(api_key="wrong", base_url=cohere_server, timeout=60).rerank(
             query=QUERY, documents=DOCS
         )
     assert wrong.value.body["message"] == "invalid API key"
     with pytest.raises(BadRequestError) as empty:
-        cohere.ClientV2(api_key=KEY, base_url=tiny_server, timeout=60).rerank(
+        cohere.ClientV2(api_key=KEY, base_url=cohere_server, timeout=60).rerank(
             model="tiny", query=QUERY, documents=[]
         )
     assert "must not be empty" in empty.value.body["message"]
