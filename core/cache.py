@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rerank_core.base import Batch, Pair, Reranker, RerankerWrapper
+from rerank_core.cascade import CascadeReranker
 
 __all__ = ["CacheInfo", "CachedReranker", "ScoreCache"]
 
@@ -137,6 +138,12 @@ class CachedReranker(RerankerWrapper):
         rerank_window: int | None = None,
         should_rerank: Any = None,
     ) -> None:
+        if isinstance(inner, CascadeReranker):
+            raise ValueError(
+                "a cascade's scores depend on the other candidates of a call and cannot be "
+                "cached per pair: cache its stages instead "
+                "(load_reranker(..., cache_entries=N, cascade=...))"
+            )
         super().__init__(inner, rerank_window=rerank_window, should_rerank=should_rerank)
         self.cache = cache if cache is not None else ScoreCache(max_entries)
         self._scorer_id = inner.score_id

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,6 +190,7 @@ def load_reranker(
     backend: str = "auto",
     cache_entries: int | None = None,
     calibration: str | os.PathLike[str] | bool | None = None,
+    cascade: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> Reranker:
     """Build a reranker: a local model with the named backend, or a remote rerank API.
@@ -206,6 +207,10 @@ def load_reranker(
             backend); ``None`` (default) applies the ``calibration.json`` beside a local model
             folder when there is one (the bundled model ships one); ``False`` never calibrates
             (raw scores). A calibrated reranker's scale is ``"calibrated-probability"``.
+        cascade: Build a :class:`~rerank_core.CascadeReranker` whose strong stage is this
+            model and whose fast stage is ``{"k": 20, "model": ..., "backend": ..., **fast
+            options}`` (see :func:`~rerank_core.cascade.build_cascade`); ``None`` (default)
+            builds one reranker.
         **options: Passed to the backend's class. Local backends share ``device``,
             ``max_length``, ``batch_size``, ``max_batch_tokens``, ``normalize``, ``chunking``,
             ``num_threads``, ``rerank_window`` and ``should_rerank``; ``http`` takes
@@ -226,6 +231,13 @@ def load_reranker(
         ...     backend="http", provider="generic", base_url="http://127.0.0.1:8000"
         ... )  # doctest: +SKIP
     """
+    if cascade is not None:
+        from rerank_core.cascade import build_cascade
+
+        return build_cascade(
+            model, cascade, backend=backend, cache_entries=cache_entries,
+            calibration=calibration, **options,
+        )  # fmt: skip
     name = os.fspath(model) if model else None
     if backend == "auto":
         backend = detect_backend(name)
