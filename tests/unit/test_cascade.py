@@ -140,3 +140,14 @@ def test_the_factory_builds_a_cascade_with_cached_stages(tiny_model_dir: Path) -
     assert [r.reranked for r in results] == [True] * 4 + [False]
     with pytest.raises(ValueError, match="cascade needs k"):
         load_reranker(tiny_model_dir, cascade={"backend": "torch"})
+
+
+def test_the_adapters_from_model_pass_a_cascade_to_the_factory(tiny_model_dir: Path) -> None:
+    from langchain_rerank import CrossEncoderReranker
+    from llamaindex_rerank import CrossEncoderRerank
+
+    spec = {"k": 2, "model": tiny_model_dir, "backend": "torch"}
+    lc = CrossEncoderReranker.from_model(tiny_model_dir, backend="torch", cascade=spec, top_n=2)
+    li = CrossEncoderRerank.from_model(tiny_model_dir, backend="torch", cascade=spec, top_n=2)
+    for adapter in (lc, li):
+        assert isinstance(adapter.scorer, CascadeReranker) and adapter.scorer.k == 2
