@@ -11,6 +11,7 @@ from rerank_core.base import Pair, Reranker, RerankerError, RerankResult, Scorin
 
 if TYPE_CHECKING:
     from rerank_core.cache import CachedReranker, CacheInfo, ScoreCache
+    from rerank_core.cascade import CascadeReranker
     from rerank_core.causal_lm import CausalLMReranker, PromptTemplate
     from rerank_core.cross_encoder import CrossEncoderScorer, default_model_path
     from rerank_core.fusion import Fusion
@@ -22,6 +23,7 @@ __all__ = [
     "BACKENDS",
     "CacheInfo",
     "CachedReranker",
+    "CascadeReranker",
     "CausalLMReranker",
     "CrossEncoderScorer",
     "Fusion",
@@ -51,6 +53,7 @@ _LAZY = {
     "CacheInfo": "rerank_core.cache",
     "CachedReranker": "rerank_core.cache",
     "ScoreCache": "rerank_core.cache",
+    "CascadeReranker": "rerank_core.cascade",
     "BACKENDS": "rerank_core.registry",
     "load_reranker": "rerank_core.registry",
 }

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rerank_core.base import Batch, Pair, Reranker, RerankerWrapper
+from rerank_core.cascade import CascadeReranker
 
 __all__ = ["CacheInfo", "CachedReranker", "ScoreCache"]
 
@@ -139,6 +140,12 @@ class CachedReranker(RerankerWrapper):
         should_rerank: Any = None,
         fusion: Any = None,
     ) -> None:
+        if isinstance(inner, CascadeReranker):
+            raise ValueError(
+                "a cascade's scores depend on the other candidates of a call and cannot be "
+                "cached per pair: cache its stages instead "
+                "(load_reranker(..., cache_entries=N, cascade=...))"
+            )
         super().__init__(
             inner, rerank_window=rerank_window, should_rerank=should_rerank, fusion=fusion
         )

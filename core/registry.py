@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,6 +195,7 @@ def load_reranker(
     cache_entries: int | None = None,
     calibration: str | os.PathLike[str] | bool | None = None,
     fusion: Fusion | str | os.PathLike[str] | bool | None = None,
+    cascade: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> Reranker:
     """Build a reranker: a local model with the named backend, or a remote rerank API.
@@ -216,6 +217,11 @@ def load_reranker(
             path of a ``fusion.json``); ``None`` (default) applies the ``fusion.json`` beside a
             local model folder when there is one (the bundled model ships the setting measured
             never to lose to a first stage); ``False`` or ``"none"`` orders by score alone.
+        cascade: Build a :class:`~rerank_core.CascadeReranker` whose strong stage is this
+            model and whose fast stage is ``{"k": 20, "model": ..., "backend": ..., **fast
+            options}`` (see :func:`~rerank_core.cascade.build_cascade`); ``None`` (default)
+            builds one reranker. A cascade gets a fusion only when ``fusion`` names one (a
+            model's measured fusion was chosen for the model alone).
         **options: Passed to the backend's class. Local backends share ``device``,
             ``max_length``, ``batch_size``, ``max_batch_tokens``, ``normalize``, ``chunking``,
             ``num_threads``, ``rerank_window`` and ``should_rerank``; ``http`` takes
@@ -236,6 +242,16 @@ def load_reranker(
         ...     backend="http", provider="generic", base_url="http://127.0.0.1:8000"
         ... )  # doctest: +SKIP
     """
+    if cascade is not None:
+        from rerank_core.cascade import build_cascade
+
+        cascaded = build_cascade(
+            model, cascade, backend=backend, cache_entries=cache_entries,
+            calibration=calibration, **options,
+        )  # fmt: skip
+        if fusion is not None and fusion is not True:
+            cascaded.fusion = model_fusion(None, fusion, local=False)
+        return cascaded
     name = os.fspath(model) if model else None
     if backend == "auto":
         backend = detect_backend(name)

@@ -100,6 +100,25 @@ class TableScorer(Reranker):
         return [self.table[d] for _, d in pairs]
 
 
+class ScaledTable(Reranker):
+    """Scores each passage by a fixed table on a stated scale; records every pair it scores."""
+
+    def __init__(self, table: dict[str, float], scale: str = "probability", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.table = table
+        self.scale = scale
+        self.model_name = f"table-{scale}"
+        self.seen: list[list[Pair]] = []
+
+    @property
+    def score_scale(self) -> str:
+        return self.scale
+
+    def _score_pairs(self, pairs: Sequence[Pair]) -> list[float]:
+        self.seen.append(list(pairs))
+        return [self.table[d] for _, d in pairs]
+
+
 class GatedReranker(Reranker):
     """Scores by document length, but each model call waits until the test opens the gate."""
 

@@ -303,6 +303,8 @@ def _measure_backend(
     t0 = time.perf_counter()
     score = BACKENDS[name](model)
     load_s = time.perf_counter() - t0
+    # An LLM reranker reads its prompt template too: count what it reads, not the bare pair.
+    count_tokens = getattr(getattr(score, "__self__", None), "count_tokens", None)
     rows = []
     for w in workloads:
         for n in candidates:
@@ -319,12 +321,16 @@ def _measure_backend(
                 if not first:
                     first = [float(x) for x in out]
             pairs = sum(len(d) for _, d in batches)
+            tokens = w.mean_tokens
+            if callable(count_tokens):
+                counts = count_tokens([(q, d) for q, docs in batches for d in docs])
+                tokens = sum(counts) / len(counts)
             rows.append(
                 {
                     "workload": w.name,
                     "candidates": n,
                     "queries": len(batches),
-                    "mean_tokens": round(w.mean_tokens, 1),
+                    "mean_tokens": round(tokens, 1),
                     "pairs_per_s": pairs / (sum(times) / 1000),
                     "p50_ms": _percentile(times, 50),
                     "p95_ms": _percentile(times, 95),

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "rerank_core.app.calibrate_cli",
     "rerank_core.app.fusion_cli",
     "rerank_core.app.bench_cli",
+    "rerank_core.app.cascade_cli",
     "rerank_core.app.serve_cli",
     "rerank_core.app.batch_cli",
 ]

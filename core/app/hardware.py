@@ -3,8 +3,8 @@
 * :func:`gemm_peak` times square matrix products in fp32, bf16 or int8 (``torch._int_mm``) and
   returns the achieved rate: the practical ceiling for a transformer forward pass, which is
   almost all matrix products.
-* :func:`flops_per_pair` counts the multiply-adds of one cross-encoder forward pass from the
-  model's config and the pair's token count.
+* :func:`flops_per_pair` counts the multiply-adds of one cross-encoder (or decoder LLM reranker)
+  forward pass from the model's config and the pair's token count.
 * :func:`fraction_of_peak` puts the two together with a measured pairs-per-second figure.
 * :func:`peak_rss_mib` reads the process's peak resident memory.
 """
@@ -79,6 +79,14 @@ def gemm_peak(
     return 2.0 * size**3 * n / elapsed / 1e9
 
 
+def _value(config: Any, key: str) -> Any:
+    return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+
+
+def _has(config: Any, key: str) -> bool:
+    return _value(config, key) is not None
+
+
 def flops_per_pair(config: Any, tokens: float) -> float:
     """Floating-point operations of one encoder forward pass over ``tokens`` tokens.
 
@@ -87,6 +95,12 @@ def flops_per_pair(config: Any, tokens: float) -> float:
     attention scores and weighted sum (``2 t h``), per token; plus the pooler and the
     classification head once. Embedding look-ups, layer norms and softmax are left out (they are
     a few percent at these sizes).
+
+    A decoder LLM reranker's config (one with ``num_key_value_heads``: Qwen3-Reranker,
+    bge-reranker-v2-gemma, mxbai-rerank-v2) is counted as one: query and output projections of
+    ``heads * head_dim``, grouped key and value projections, a gated feed-forward block
+    (``3 h i``) and causal attention (``t * heads * head_dim`` per token); ``tokens`` is then the
+    whole templated input. The answer head (one position) is left out.
 
     Args:
         config: A transformers config (``hidden_size``, ``num_hidden_layers``,
@@ -105,6 +119,14 @@ def flops_per_pair(config: Any, tokens: float) -> float:
     h = get("hidden_size")
     layers = get("num_hidden_layers")
     inter = get("intermediate_size", 4 * h)
+    if _has(config, "num_key_value_heads"):  # a decoder LLM reranker (Qwen, Gemma, Llama)
+        heads = get("num_attention_heads")
+        head_dim = int(_value(config, "head_dim") or h // heads)
+        q, kv = heads * head_dim, get("num_key_value_heads") * head_dim
+        # Q and O projections, grouped K and V, a gated MLP (gate, up, down), causal attention
+        # (each token attends to half the sequence on average, scores plus weighted sum)
+        per_token_layer = 2 * h * q + 2 * h * kv + 3 * h * inter + tokens * q
+        return 2.0 * tokens * layers * per_token_layer
     labels = get("num_labels", 1) or 1
     per_token_layer = 4 * h * h + 2 * h * inter + 2 * tokens * h
     return 2.0 * (tokens * layers * per_token_layer + h * h + h * labels)

@@ -2,8 +2,9 @@
 
 Every backend of :data:`rerank_core.registry.BACKENDS` is built by :func:`rerank_core.load_reranker`
 on the tiny cross-encoder (local backends) or against a real ``rag-rerank serve`` on 127.0.0.1
-(``http``), plus the caching and calibrating wrappers. A new backend joins the suite by being
-registered; one that needs another kind of model adds its builder to ``SPECIAL``.
+(``http``), plus the caching and calibrating wrappers and a two-stage cascade. A new backend
+joins the suite by being registered; one that needs another kind of model adds its builder to
+``SPECIAL``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def _causal_lm(request: pytest.FixtureRequest) -> Reranker:
 #: Backends whose model is not the tiny cross-encoder: name -> builder(request) -> Reranker.
 SPECIAL: dict[str, Callable[[pytest.FixtureRequest], Reranker]] = {"causal-lm": _causal_lm}
 
-KINDS = [*backend_names(), "cached", "calibrated"]
+KINDS = [*backend_names(), "cached", "calibrated", "cascade"]
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +66,11 @@ def build(kind: str, request: pytest.FixtureRequest, **options: Any) -> Reranker
     model = request.getfixturevalue("tiny_model_dir")
     if kind == "cached":
         return load_reranker(model, backend="torch", device="cpu", cache_entries=1000, **options)
+    if kind == "cascade":
+        # The tiny model at a 32-token window first, then at its full window on the top 3: the
+        # suite's texts fit in 32 tokens, so both stages agree and every check stays exact.
+        fast = {"k": 3, "model": model, "backend": "torch", "max_length": 32}
+        return load_reranker(model, backend="torch", device="cpu", cascade=fast, **options)
     if kind == "calibrated":
         path = request.getfixturevalue("calibration_file")
         return load_reranker(model, backend="torch", device="cpu", calibration=path, **options)

@@ -64,6 +64,23 @@ def test_all_backends_agree_and_are_timed(tiny_model_dir: Path) -> None:
     )
 
 
+def test_bench_times_a_causal_lm_reranker(tmp_path: Path) -> None:
+    from tests.llm_models import build_qwen3_reranker
+
+    folder = build_qwen3_reranker(tmp_path / "qwen3")
+    assert default_backends(folder) == ["causal-lm"]
+    report = run_bench(
+        folder, lengths=[32], candidates=[3], queries=1, warmup=1, isolate=False, command="llm"
+    )
+    (row,) = report.rows
+    assert row["backend"] == "causal-lm" and row["precision"] == "fp32"
+    # the model reads its prompt template too (system turn, instruction, assistant turn)
+    assert row["mean_tokens"] > 32 + 40
+    for key in ("pairs_per_s", "p50_ms", "model_gflops_per_s", "fraction_of_peak", "peak_rss_mb"):
+        assert _positive(row[key]), (key, row[key])
+    assert "| causal-lm |" in bench_to_markdown(report)
+
+
 def test_unknown_backend_is_named(tiny_model_dir: Path) -> None:
     with pytest.raises(ValueError, match="unknown backends \\['nope'\\]"):
         run_bench(tiny_model_dir, backends=["nope"])

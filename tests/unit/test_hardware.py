@@ -43,3 +43,27 @@ def test_peak_rss_is_plausible() -> None:
     block = bytearray(64 * 1024 * 1024)
     block[::4096] = b"x" * len(block[::4096])
     assert peak_rss_mib() >= before and peak_rss_mib() > 64
+
+
+QWEN3_06B = {
+    "hidden_size": 1024,
+    "num_hidden_layers": 28,
+    "intermediate_size": 3072,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+}
+
+
+def test_flops_per_pair_counts_a_decoder_llm_reranker() -> None:
+    # per token and layer: Q and O (h x 2048 each), K and V (h x 1024 each), gate/up/down
+    # (3 x h x 3072), causal attention (t x 2048); 2 FLOPs per multiply-add
+    t = 201
+    per_layer = 2 * 1024 * 2048 + 2 * 1024 * 1024 + 3 * 1024 * 3072 + t * 2048
+    assert flops_per_pair(QWEN3_06B, t) == 2 * t * 28 * per_layer
+    assert flops_per_pair(QWEN3_06B, t) / 1e9 == pytest.approx(181.7, abs=0.1)
+    # about 2 FLOPs per non-embedding weight (Qwen3-0.6B: 0.44 B) per token
+    assert flops_per_pair(QWEN3_06B, t) / t == pytest.approx(2 * 0.44e9, rel=0.05)
+    # head_dim defaults to hidden / heads (Qwen2's config has none)
+    qwen2 = {**QWEN3_06B, "head_dim": None, "num_attention_heads": 8}
+    assert flops_per_pair(qwen2, t) == flops_per_pair({**QWEN3_06B, "num_attention_heads": 8}, t)
