@@ -233,6 +233,9 @@ class Reranker(ABC):
     model_name: str = "reranker"
     #: Whether :meth:`_prepare` does real work (tokenizing) that must run off the event loop.
     _prepare_blocks: bool = False
+    #: Whether a pair's score depends on the other pairs of the call (a cascade ranks them
+    #: together): such scores are never cached per pair, and servers never merge requests.
+    scores_depend_on_call: bool = False
 
     def __init__(
         self,

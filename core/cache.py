@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from rerank_core.base import Batch, Pair, Reranker, RerankerWrapper
-from rerank_core.cascade import CascadeReranker
 
 __all__ = ["CacheInfo", "CachedReranker", "ScoreCache"]
 
@@ -140,7 +139,7 @@ class CachedReranker(RerankerWrapper):
         should_rerank: Any = None,
         fusion: Any = None,
     ) -> None:
-        if isinstance(inner, CascadeReranker):
+        if inner.scores_depend_on_call:
             raise ValueError(
                 "a cascade's scores depend on the other candidates of a call and cannot be "
                 "cached per pair: cache its stages instead "

@@ -25,9 +25,9 @@ A candidate's score depends on the other candidates of the call (they decide whe
 the top ``k``): :meth:`~CascadeReranker.score` and :meth:`~CascadeReranker.score_pairs` run the
 cascade over all the documents given together, one candidate list per distinct query of the call.
 For the same reason a cascade's own scores must not be cached per pair; cache its stages instead
-(``load_reranker(..., cache_entries=N, cascade=...)`` does). A caller that merges several
-requests into one ``score_pairs`` call (the dynamic batching of ``rag-rerank serve``) merges
-requests for the same query into one candidate list.
+(``load_reranker(..., cache_entries=N, cascade=...)`` does). The class says so with
+``scores_depend_on_call = True``: ``CachedReranker`` refuses it, and ``rag-rerank serve``'s
+dynamic batching scores each request in its own call instead of merging them.
 
 **Policy.** The cascade's own ``rerank_window`` and ``should_rerank`` work as for every
 reranker: only the first ``rerank_window`` candidates enter the cascade (the rest follow
@@ -112,6 +112,8 @@ class CascadeReranker(Reranker):
         >>> cascade = CascadeReranker(fast_scorer, llm_scorer, k=20)  # doctest: +SKIP
         >>> cascade.rerank(query, docs, top_n=5, score_threshold=0.3)  # doctest: +SKIP
     """
+
+    scores_depend_on_call = True
 
     def __init__(
         self,

@@ -938,7 +938,15 @@ class _Batcher:
                 continue
             docs = self.truncator([d for _, d in job.pairs], job.max_doc_tokens)
             pairs.extend((q, d) for (q, _), d in zip(job.pairs, docs, strict=True))
-        scores = self.reranker.score_pairs(pairs)
+        if self.reranker.scores_depend_on_call:
+            # A cascade ranks the candidates of one call together: keep requests apart.
+            scores, start = [], 0
+            for job in jobs:
+                end = start + len(job.pairs)
+                scores += self.reranker.score_pairs(pairs[start:end])
+                start = end
+        else:
+            scores = self.reranker.score_pairs(pairs)
         if self._count_tokens is not None:
             tokens = list(self._count_tokens(pairs))
         else:

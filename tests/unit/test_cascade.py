@@ -151,3 +151,34 @@ def test_the_adapters_from_model_pass_a_cascade_to_the_factory(tiny_model_dir: P
     li = CrossEncoderRerank.from_model(tiny_model_dir, backend="torch", cascade=spec, top_n=2)
     for adapter in (lc, li):
         assert isinstance(adapter.scorer, CascadeReranker) and adapter.scorer.k == 2
+
+
+def test_the_server_scores_each_request_of_a_cascade_in_its_own_call() -> None:
+    import asyncio
+
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    from rerank_core.app.server import ServerSettings, create_app
+    from tests.integration.live_server import running
+
+    cascade, *_ = _cascade(k=2)
+    # Batching waits long enough that the two requests below land in one dynamic batch.
+    settings = ServerSettings(model_name="c", max_wait_ms=300.0)
+    halves = (["a", "b", "c"], ["d", "e", "f"])
+    with running(create_app(cascade, settings=settings)) as (url, _):
+
+        async def both() -> list[list[float]]:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                replies = await asyncio.gather(
+                    *(http.post("/v1/rerank", json={"query": Q, "documents": h}) for h in halves)
+                )
+            return [
+                [
+                    r["relevance_score"]
+                    for r in sorted(x.json()["results"], key=lambda r: r["index"])
+                ]
+                for x in replies
+            ]
+
+        got = asyncio.run(both())
+    assert got == [cascade.score(Q, h) for h in halves]
