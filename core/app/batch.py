@@ -4,6 +4,7 @@ Two input layouts are read, from JSON lines (``.jsonl``, ``.jsonl.gz``) or Parqu
 folder of files):
 
 * **rerank file**: one row per query, ``{qid, query, candidates: [{docid, text, score?}, ...]}``
+  (``first_stage_score`` is read where ``score`` is absent)
   with the candidates in first-stage order (as ``trec-dl19/bm25_top100.jsonl``). Each row is
   scored whole inside one actor call, so the input streams through: memory stays bounded by the
   blocks in flight, whatever the file's size.
@@ -19,11 +20,14 @@ column               meaning
 ==================== =========================================================================
 ``qid``, ``docid``   as in the input
 ``score``            the reranker's score (plain float64; its scale is in ``model``)
-``rank``             1 = best within the query (ties keep first-stage order)
+``rank``             1 = best within the query (ties keep first-stage order); for a rerank
+                     file, in the order of the reranker's fusion with the first stage when it
+                     has one (the bundled model does), else by score
 ``first_stage_rank`` 1-based position in the rerank file's candidates (null for pairs input)
 ``first_stage_score`` the input's ``score``, null when absent
 ``model``            the reranker's :attr:`~rerank_core.Reranker.score_id`: every setting that
-                     changes a score, as canonical JSON
+                     changes a score, as canonical JSON, followed by ``fusion=SPEC`` when a
+                     fusion ordered the ranks
 ==================== =========================================================================
 
 Every actor loads its scorer through :func:`rerank_core.registry.load_reranker`, so a batch
@@ -226,7 +230,8 @@ def _groups_from_records(records: Iterable[Mapping[str, Any]]) -> pa.Table:
             docids.append(str(c["docid"]))
             texts.append(c["text"])
             ranks.append(j + 1)
-            scores.append(_first_stage_score(c.get("score"), f"query {qid} candidates[{j}]"))
+            first = c.get("score", c.get("first_stage_score"))
+            scores.append(_first_stage_score(first, f"query {qid} candidates[{j}]"))
         _check_unique(qid, docids)
         cols["qid"].append(qid)
         cols["query"].append(row["query"])
@@ -342,7 +347,7 @@ def score_groups(scorer: Reranker, groups: pa.Table, model_id: str | None = None
     """
     import pyarrow as pa
 
-    model_id = scorer.score_id if model_id is None else model_id
+    model_id = run_id(scorer) if model_id is None else model_id
     qids = groups.column("qid").to_pylist()
     queries = groups.column("query").to_pylist()
     docids = groups.column("docids").to_pylist()
@@ -360,7 +365,21 @@ def score_groups(scorer: Reranker, groups: pa.Table, model_id: str | None = None
     for qid, ids, ranks, firsts in zip(qids, docids, fs_ranks, fs_scores, strict=True):
         own = scores[start : start + len(ids)]
         start += len(ids)
-        order = sorted(range(len(own)), key=lambda i: -own[i])  # stable: ties keep input order
+        key = own
+        if scorer.fusion is not None and ids and all(r is not None for r in ranks):
+            # Fusion with the first stage orders the candidates of a rerank file (whose order
+            # is known); pairs input has no first-stage order and is ranked by score.
+            by_rank = sorted(range(len(ids)), key=lambda i: ranks[i])
+            given = [firsts[i] for i in by_rank]
+            fused = scorer.fusion.fuse(
+                [own[i] for i in by_rank],
+                scale=scorer.score_scale,
+                first_stage_scores=None if any(v is None for v in given) else given,
+            )
+            key = [0.0] * len(own)
+            for j, i in enumerate(by_rank):
+                key[i] = fused[j]
+        order = sorted(range(len(own)), key=lambda i: -key[i])  # stable: ties keep input order
         rank = [0] * len(own)
         for r, i in enumerate(order, 1):
             rank[i] = r
@@ -372,6 +391,16 @@ def score_groups(scorer: Reranker, groups: pa.Table, model_id: str | None = None
         out["first_stage_score"] += firsts
     out["model"] = [model_id] * len(out["qid"])
     return pa.table(out, schema=_output_schema())
+
+
+def run_id(scorer: Reranker) -> str:
+    """The ``model`` column: the scorer's ``score_id``, and its fusion when it has one.
+
+    Ranks under another fusion differ, so a resume must not mix them.
+    """
+    if scorer.fusion is None:
+        return scorer.score_id
+    return f"{scorer.score_id} fusion={scorer.fusion.spec()}"
 
 
 class BatchScorer:
@@ -389,7 +418,7 @@ class BatchScorer:
         from rerank_core.registry import load_reranker
 
         self.scorer = load_reranker(model, backend=backend, **dict(options or {}))
-        self.model_id = self.scorer.score_id
+        self.model_id = run_id(self.scorer)
 
     def __call__(self, groups: pa.Table) -> pa.Table:
         """Score one block of query groups (see :func:`score_groups`)."""

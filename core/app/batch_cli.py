@@ -76,6 +76,17 @@ def register(app: typer.Typer) -> None:
         output_format: str = typer.Option(
             None, "--format", help="parquet or jsonl (default: by the output's suffix)."
         ),
+        fusion: str = typer.Option(
+            None,
+            help="Rank a rerank file's candidates by the reranker fused with their first-stage "
+            "order: none, rrf, 'linear:weight=0.5,evidence=rank' (default: the model's "
+            "fusion.json, which the bundled model ships). Pairs input is ranked by score.",
+        ),
+        calibration: str = typer.Option(
+            None,
+            help="A calibration file to apply, or 'none' for raw scores (default: the "
+            "calibration.json beside a local model, which the bundled model ships).",
+        ),
     ) -> None:
         """Score every query-passage pair with one scorer per Ray actor; write score and rank."""
         from rerank_core.app.batch import rerank_dataset
@@ -85,6 +96,10 @@ def register(app: typer.Typer) -> None:
                 f"unknown --backend {backend!r}; known: {', '.join(_backend_names())}"
             )
         options: dict[str, object] = {"batch_size": batch_size}
+        if fusion is not None:
+            options["fusion"] = fusion
+        if calibration is not None:
+            options["calibration"] = False if calibration == "none" else calibration
         if backend == "http":
             options.update({k: v for k, v in (("provider", provider), ("base_url", base_url)) if v})
         else:

@@ -53,6 +53,23 @@ def test_groups_are_scored_together_and_ranked_within_each_query() -> None:
     assert all(isinstance(r["score"], float) for r in out)
 
 
+def test_a_fusion_ranks_a_rerank_files_candidates_and_is_recorded() -> None:
+    scorer = WordOverlap(batch_size=64, fusion="rrf:weight=0")  # the first stage's order alone
+    out = score_groups(scorer, _groups_from_records(ROWS)).to_pylist()
+    by_doc = {r["docid"]: r for r in out}
+    assert [by_doc[d]["rank"] for d in "abcd"] == [1, 2, 3, 4]
+    assert [by_doc[d]["score"] for d in "abcd"] == [0.0, 1.0, 0.5, 0.0]  # scores unchanged
+    assert {r["model"] for r in out} == {f"{scorer.score_id} fusion=rrf:weight=0,k=60"}
+    dl19_style = [
+        {
+            "qid": "1",
+            "query": "q",
+            "candidates": [{"docid": "a", "text": "t", "first_stage_score": 2.0}],
+        }
+    ]
+    assert _groups_from_records(dl19_style).column("first_stage_scores").to_pylist() == [[2.0]]
+
+
 def test_bad_rows_name_the_query() -> None:
     with pytest.raises(ValueError, match="query 1: docid a appears more than once"):
         _groups_from_records(
