@@ -58,6 +58,20 @@ def _quiet_libraries() -> None:
         pass
 
 
+def _print_model_loading() -> None:
+    # The local LLM loads silently for seconds (tens the first time): say what it is doing.
+    import logging
+
+    class Echo(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            typer.echo(record.getMessage(), err=True)  # the current stderr, under CliRunner too
+
+    log = logging.getLogger("rerank_examples.llm_cache")
+    log.handlers = [h for h in log.handlers if type(h).__name__ != "Echo"] + [Echo()]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
 def _short(text: str, width: int = 90) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
@@ -321,6 +335,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Answer a question from Chroma: recall, rerank, threshold, generate, with sources."""
         _quiet_libraries()
+        _print_model_loading()
         from rerank_examples.common import (
             DEFAULT_COLLECTION,
             ChainError,

