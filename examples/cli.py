@@ -49,6 +49,9 @@ def _quiet_libraries() -> None:
     # Model loading progress bars and hub notices would bury the stage-by-stage output.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Idle OpenMP threads sleep instead of spinning: on a machine whose cores are busy with
+    # other work, spinning made SmolLM2's decoding 4x slower (read before torch is imported).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         from transformers.utils import logging as hf_logging
 
