@@ -258,16 +258,16 @@ def _clear_leftovers(cache_dir: Path, name: str) -> None:
     ``name``'s temporary folders (no live build uses them while the lock is held) and any trash
     (folders moved aside to be deleted, never read again).
     """
-    for stale in [*cache_dir.glob(f"{_TMP_MARK}{name}-*"), *cache_dir.glob(f"{_TRASH_MARK}*")]:
-        if stale.is_dir():
+    for stale in cache_dir.iterdir():
+        if stale.name.startswith((f"{_TMP_MARK}{name}-", _TRASH_MARK)) and stale.is_dir():
             logger.info("removing %s, left by an interrupted run", stale)
             shutil.rmtree(stale, ignore_errors=True)
 
 
 def _remove_superseded(cache_dir: Path, gguf: Path, keep: Path) -> None:
     """Remove copies of an earlier content of the same GGUF path (the file has changed)."""
-    for other in cache_dir.glob(f"{gguf.stem}-*"):
-        if other == keep or not other.is_dir():
+    for other in cache_dir.iterdir():
+        if other == keep or not other.name.startswith(f"{gguf.stem}-") or not other.is_dir():
             continue
         try:
             made = json.loads((other / MANIFEST).read_text(encoding="utf-8"))

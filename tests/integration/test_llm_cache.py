@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-gguf = pytest.importorskip("gguf")
+pytest.importorskip("gguf")
 pytest.importorskip("filelock")
 
+import gguf
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
