@@ -338,7 +338,7 @@ def ensure_dequantized(
         if _manifest_ok(folder, sha256) and (not rebuild or _stamp(folder) != seen):
             return DequantizedCopy(folder, sha256, False, time.perf_counter() - start)
         _clear_leftovers(root, name)
-        if folder.exists():
+        if folder.exists() and not rebuild:  # a forced rebuild has said why already
             logger.warning(
                 "the de-quantized copy at %s is incomplete or damaged; rebuilding it", folder
             )
