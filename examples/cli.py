@@ -49,6 +49,9 @@ def _quiet_libraries() -> None:
     # Model loading progress bars and hub notices would bury the stage-by-stage output.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Idle OpenMP threads sleep instead of spinning: on a machine whose cores are busy with
+    # other work, spinning made SmolLM2's decoding 4x slower (read before torch is imported).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         from transformers.utils import logging as hf_logging
 
@@ -56,6 +59,20 @@ def _quiet_libraries() -> None:
         hf_logging.set_verbosity_error()
     except ImportError:  # pragma: no cover - transformers is a core dependency
         pass
+
+
+def _print_model_loading() -> None:
+    # The local LLM loads silently for seconds (tens the first time): say what it is doing.
+    import logging
+
+    class Echo(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            typer.echo(record.getMessage(), err=True)  # the current stderr, under CliRunner too
+
+    log = logging.getLogger("rerank_examples.llm_cache")
+    log.handlers = [h for h in log.handlers if type(h).__name__ != "Echo"] + [Echo()]
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 def _short(text: str, width: int = 90) -> str:
@@ -334,6 +351,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Answer a question from Chroma: recall, rerank, threshold, generate, with sources."""
         _quiet_libraries()
+        _print_model_loading()
         from rerank_examples.common import (
             DEFAULT_COLLECTION,
             ChainError,

