@@ -139,15 +139,15 @@ class CachedReranker(RerankerWrapper):
         should_rerank: Any = None,
         fusion: Any = None,
     ) -> None:
+        super().__init__(
+            inner, rerank_window=rerank_window, should_rerank=should_rerank, fusion=fusion
+        )
         if inner.scores_depend_on_call:
             raise ValueError(
                 "a cascade's scores depend on the other candidates of a call and cannot be "
                 "cached per pair: cache its stages instead "
                 "(load_reranker(..., cache_entries=N, cascade=...))"
             )
-        super().__init__(
-            inner, rerank_window=rerank_window, should_rerank=should_rerank, fusion=fusion
-        )
         self.cache = cache if cache is not None else ScoreCache(max_entries)
         self._scorer_id = inner.score_id
 

@@ -75,7 +75,6 @@ try:
         StrictInt,
         StrictStr,
         field_validator,
-        model_validator,
     )
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -400,25 +399,41 @@ def _check_document_list(value: Any, *, single: bool) -> Any:
     return value
 
 
-def _check_first_stage_count(body: Any) -> None:
-    docs = getattr(body, "documents", None)
-    n = len(body.texts) if docs is None else 1 if isinstance(docs, str) else len(docs)
-    first = body.first_stage_scores
-    if first is not None and len(first) != n:
-        raise ValueError(f"first_stage_scores has {len(first)} values for {n} documents")
-    if body.fusion is not None:
-        how = Fusion.parse(body.fusion)
-        if how is not None and how.method == "linear" and how.evidence == "score" and not first:
-            raise ValueError(f"fusion {body.fusion!r} needs first_stage_scores")
+class FusionRequest(BaseModel):
+    """A request's fusion with the first stage (see ``rerank_core.Fusion``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["none", "rrf", "linear"] = Field(
+        description="`none`: the model's order; `rrf`: weighted reciprocal rank fusion; "
+        "`linear`: the model's probability mixed with the first stage's evidence."
+    )
+    weight: StrictFloat | StrictInt = Field(
+        0.5, ge=0, le=1, description="The model's share (1: the model alone; 0: the first stage)."
+    )
+    k: StrictFloat | StrictInt = Field(60.0, ge=0, le=1e9, description="`rrf`: the rank offset.")
+    evidence: Literal["auto", "rank"] = Field(
+        "auto",
+        description="`linear`: `rank` uses the documents' order; `auto` uses their "
+        "`first_stage_score` when every document carries one, else their order.",
+    )
+    rank_scale: StrictFloat | StrictInt = Field(
+        10.0, gt=0, le=1e9, description="`linear` on ranks: how fast the rank evidence decays."
+    )
+
+    def to_fusion(self) -> Fusion | None:
+        """The library's :class:`~rerank_core.Fusion`; ``None`` for ``method='none'``."""
+        return Fusion.parse(self.model_dump())
 
 
-_FirstStageScore = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
-
-
-def _check_fusion(value: Any) -> Any:
-    if isinstance(value, str):
-        Fusion.parse(value)  # a ValueError becomes a 422 naming the problem
-    return value
+def _fusion_field() -> Any:
+    return Field(
+        None,
+        description="Fusion with the first stage for this request, such as "
+        '`{"method": "rrf", "weight": 0.4}`; default: the server\'s (`GET /health`). Ranks come '
+        "from the order of the documents: send them best first. Results keep the model's score "
+        "and add `fused_score`.",
+    )
 
 
 class TextDocument(BaseModel):
@@ -427,6 +442,13 @@ class TextDocument(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     text: StrictStr = Field(description="The text to score.")
+    first_stage_score: Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)] | None = (
+        Field(
+            None,
+            description="The first stage's score of this document (higher is better), for "
+            "fusions that use scores.",
+        )
+    )
 
 
 _Query = Annotated[
@@ -468,26 +490,10 @@ class RerankRequestV1(BaseModel):
         "chunks them when started with --chunking.",
     )
 
-    fusion: StrictStr | None = Field(
-        None,
-        description="Fusion with the first stage for this request: 'none', 'rrf', "
-        "'rrf:weight=0.4,k=60', 'linear:weight=0.7,evidence=rank|score'; default the server's "
-        "(`GET /info`). Ranks come from the order of the documents (send them best first).",
-    )
-    first_stage_scores: list[_FirstStageScore] | None = Field(
-        None,
-        description="The first stage's score of each document, higher is better, in document "
-        "order (for fusions that use scores); results keep the model's `relevance_score`.",
-    )
+    fusion: FusionRequest | None = _fusion_field()
 
     _query = field_validator("query", mode="before")(_check_query)
     _ints = field_validator("top_n", "max_chunks_per_doc", mode="before")(_integral)
-    _fusion = field_validator("fusion", mode="before")(_check_fusion)
-
-    @model_validator(mode="after")
-    def _first_stage(self) -> Any:
-        _check_first_stage_count(self)
-        return self
 
     @field_validator("documents", mode="before")
     @classmethod
@@ -509,26 +515,10 @@ class RerankRequestV2(BaseModel):
         "before scoring, as Cohere does. Servers whose reranker has no tokenizer refuse it.",
     )
 
-    fusion: StrictStr | None = Field(
-        None,
-        description="Fusion with the first stage for this request: 'none', 'rrf', "
-        "'rrf:weight=0.4,k=60', 'linear:weight=0.7,evidence=rank|score'; default the server's "
-        "(`GET /info`). Ranks come from the order of the documents (send them best first).",
-    )
-    first_stage_scores: list[_FirstStageScore] | None = Field(
-        None,
-        description="The first stage's score of each document, higher is better, in document "
-        "order (for fusions that use scores); results keep the model's `relevance_score`.",
-    )
+    fusion: FusionRequest | None = _fusion_field()
 
     _query = field_validator("query", mode="before")(_check_query)
     _ints = field_validator("top_n", "max_tokens_per_doc", mode="before")(_integral)
-    _fusion = field_validator("fusion", mode="before")(_check_fusion)
-
-    @model_validator(mode="after")
-    def _first_stage(self) -> Any:
-        _check_first_stage_count(self)
-        return self
 
     @field_validator("documents", mode="before")
     @classmethod
@@ -551,25 +541,9 @@ class RerankRequestTEI(BaseModel):
     truncation_direction: Literal["Right"] = Field(
         "Right", description="Only `Right`: a long text keeps its beginning."
     )
-    fusion: StrictStr | None = Field(
-        None,
-        description="Fusion with the first stage for this request: 'none', 'rrf', "
-        "'rrf:weight=0.4,k=60', 'linear:weight=0.7,evidence=rank|score'; default the server's "
-        "(`GET /info`). Ranks come from the order of the documents (send them best first).",
-    )
-    first_stage_scores: list[_FirstStageScore] | None = Field(
-        None,
-        description="The first stage's score of each document, higher is better, in document "
-        "order (for fusions that use scores); results keep the model's `relevance_score`.",
-    )
+    fusion: FusionRequest | None = _fusion_field()
 
     _query = field_validator("query", mode="before")(_check_query)
-    _fusion = field_validator("fusion", mode="before")(_check_fusion)
-
-    @model_validator(mode="after")
-    def _first_stage(self) -> Any:
-        _check_first_stage_count(self)
-        return self
 
     @field_validator("texts", mode="before")
     @classmethod
@@ -1104,6 +1078,14 @@ def _order(scores: Sequence[float]) -> list[int]:
     return sorted(range(len(scores)), key=lambda i: -scores[i])  # stable: ties keep input order
 
 
+def _first_stage_of(docs: Sequence[str | TextDocument]) -> list[float] | None:
+    """The documents' first-stage scores when every one carries a score, else ``None``."""
+    values = [None if isinstance(d, str) else d.first_stage_score for d in docs]
+    if any(v is None for v in values):
+        return None
+    return [float(v) for v in values if v is not None]
+
+
 def _sigmoid(x: float) -> float:
     if x >= 0:
         return 1.0 / (1.0 + math.exp(-x))
@@ -1283,17 +1265,18 @@ def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) ->
             raise _HTTPError(500, f"scoring failed: {exc}", "internal") from exc
 
     def ranking(
-        scores: list[float], spec: str | None, first: Sequence[float] | None
+        scores: list[float], asked: FusionRequest | None, first: list[float] | None
     ) -> tuple[list[int], list[float] | None]:
         """The result order, and the fused values when a fusion applies."""
-        how = reranker.fusion if spec is None else Fusion.parse(spec)
+        how = reranker.fusion if asked is None else asked.to_fusion()
         if how is None:
             return _order(scores), None
-        fused = how.fuse(
-            scores,
-            scale=scale,
-            first_stage_scores=None if first is None else [float(v) for v in first],
-        )
+        if how.method == "linear" and how.evidence == "score" and first is None:
+            raise _invalid(
+                f"this server's fusion {how.spec()!r} needs a first_stage_score on every "
+                "document (send documents as objects with one), or send a fusion"
+            )
+        fused = how.fuse(scores, scale=scale, first_stage_scores=first)
         return _order(fused), fused
 
     def meta(version: str, tokens: int) -> dict[str, Any]:
@@ -1313,7 +1296,7 @@ def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) ->
         docs = [body.documents] if isinstance(body.documents, str) else body.documents
         texts = [d if isinstance(d, str) else d.text for d in docs]
         scores, tokens = await run(body.query, texts)
-        order, fused = ranking(scores, body.fusion, body.first_stage_scores)
+        order, fused = ranking(scores, body.fusion, _first_stage_of(docs))
         results = []
         for i in order[: body.top_n]:
             item: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
@@ -1349,7 +1332,7 @@ def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) ->
             )
         texts = [d if isinstance(d, str) else d.text for d in body.documents]
         scores, tokens = await run(body.query, texts, body.max_tokens_per_doc)
-        order, fused = ranking(scores, body.fusion, body.first_stage_scores)
+        order, fused = ranking(scores, body.fusion, _first_stage_of(body.documents))
         used = sum(tokens)
         results = []
         for i in order[: body.top_n]:
@@ -1380,7 +1363,7 @@ def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) ->
                 "with `rag-rerank serve --raw-scores` for logits"
             )
         scores, _ = await run(body.query, body.texts)
-        order, fused = ranking(scores, body.fusion, body.first_stage_scores)
+        order, fused = ranking(scores, body.fusion, None)
         if not body.raw_scores and scale == "logit":
             scores = [_sigmoid(s) for s in scores]
         out = []

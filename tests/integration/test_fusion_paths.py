@@ -105,19 +105,24 @@ def test_server_fuses_by_default_and_per_request():
             assert [DOCS[r["index"]] for r in res] == _expected(SPEC)
             assert [r["relevance_score"] for r in res] == [TABLE[DOCS[r["index"]]] for r in res]
             assert all("fused_score" in r for r in res)
-            res = http.post("/v2/rerank", json={**body, "fusion": "none"}).json()["results"]
+            none = {**body, "fusion": {"method": "none"}}
+            res = http.post("/v2/rerank", json=none).json()["results"]
             assert [DOCS[r["index"]] for r in res] == _expected(None)
             assert all("fused_score" not in r for r in res)
-            first = [1, 1, 100, 1, 1]
+            first = [1.0, 1, 100, 1, 1]
+            objs = [{"text": d, "first_stage_score": f} for d, f in zip(DOCS, first, strict=True)]
+            linear = {"method": "linear", "weight": 0.2}  # evidence auto: scores when all have one
+            res = http.post("/v1/rerank", json={"query": "q", "documents": objs, "fusion": linear})
             spec = "linear:weight=0.2,evidence=score"
-            tei = {"query": "q", "texts": DOCS, "fusion": spec, "first_stage_scores": first}
+            assert [DOCS[r["index"]] for r in res.json()["results"]] == _expected(spec, first)
+            tei = {"query": "q", "texts": DOCS, "fusion": {"method": "rrf", "weight": 0}}
             res = http.post("/rerank", json=tei).json()
-            assert [DOCS[r["index"]] for r in res] == _expected(spec, [1.0, 1, 100, 1, 1])
+            assert [r["index"] for r in res] == [0, 1, 2, 3, 4]
             for bad, message in (
-                ({**body, "first_stage_scores": [1, 2]}, "2 values for 5 documents"),
-                ({**body, "fusion": "borda"}, "method must be one of"),
-                ({**body, "fusion": spec}, "needs first_stage_scores"),
-                ({**body, "first_stage_scores": [1, 2, "x", 4, 5]}, "first_stage_scores"),
+                ({**body, "fusion": {"method": "borda"}}, "method"),
+                ({**body, "fusion": {"method": "rrf", "weight": 2}}, "weight"),
+                ({**body, "fusion": {"method": "rrf", "depth": 3}}, "depth"),
+                ({**body, "documents": [{"text": "a", "first_stage_score": "x"}]}, "first_stage"),
             ):
                 r = http.post("/v1/rerank", json=bad)
                 assert r.status_code == 400, r.text
