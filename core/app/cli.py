@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "rerank_core.app.eval_cli",
     "rerank_core.app.calibrate_cli",
     "rerank_core.app.bench_cli",
+    "rerank_core.app.export_cli",
     "rerank_core.app.serve_cli",
     "rerank_core.app.batch_cli",
 ]
