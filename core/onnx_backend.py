@@ -563,7 +563,7 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
         )
         inputs = [i.name for i in self.session.get_inputs()]
         self._input_names = set(inputs)
-        tokenizer = _load_tokenizer(source, hub, [*inputs, "attention_mask"])
+        tokenizer = _load_tokenizer(source, hub, list(dict.fromkeys([*inputs, "attention_mask"])))
         self._setup_encoding(tokenizer, max_length, config.get("max_position_embeddings"))
         logger.info(
             "loaded ONNX reranker %s (%s, %s, threads=%d, max_length=%d)",

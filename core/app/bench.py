@@ -317,12 +317,12 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 
 def _peak_rss_mb() -> float | None:
+    from rerank_core.app.hardware import peak_rss_mib
+
     try:
-        import resource
-    except ImportError:  # Windows
+        return peak_rss_mib()
+    except (ImportError, OSError):  # no resource module (Windows)
         return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def _scorer(name: str, model: BenchModel, fastest: FastestPath | None) -> ScoreFn:
