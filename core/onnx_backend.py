@@ -450,7 +450,8 @@ class OnnxCrossEncoderScorer(TokenizedReranker):
             rather than export again.
         cache_dir: Where to keep the exported files when the model folder is read-only or a hub
             id; default :func:`default_onnx_cache_dir`. A writable model folder gets them in
-            ``<model>/onnx/``.
+            ``<model>/onnx/`` unless ``cache_dir`` is given. A matching export already in
+            ``<model>/onnx/`` (the bundled model's shipped one) is used first either way.
         max_length: Token window per pair; ``None`` uses the model's own limit.
         batch_size: Most model inputs per run.
         max_batch_tokens: Most padded tokens per run; ``None`` caps by ``batch_size`` only.

@@ -121,13 +121,14 @@ def test_read_only_model_folder_exports_to_the_cache_dir(
 
 
 def test_tiny_model_fp32_chunking_and_cache_dir(tiny_model_dir: Path, tmp_path: Path) -> None:
-    torch_scorer = CrossEncoderScorer(
-        str(tiny_model_dir), device="cpu", max_length=32, chunking=True
-    )
+    # a private copy: an export another test left beside the shared folder would be re-used
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model, ignore=shutil.ignore_patterns("onnx"))
+    torch_scorer = CrossEncoderScorer(str(model), device="cpu", max_length=32, chunking=True)
     onnx_scorer = OnnxCrossEncoderScorer(
-        str(tiny_model_dir), cache_dir=tmp_path, max_length=32, chunking=True
+        str(model), cache_dir=tmp_path / "cache", max_length=32, chunking=True
     )
-    assert Path(onnx_scorer.onnx_path).is_relative_to(tmp_path)
+    assert Path(onnx_scorer.onnx_path).is_relative_to(tmp_path / "cache")
     docs = ["artificial intelligence " * 40, "short", *DOCS]
     got, expected = onnx_scorer.score(QUERIES[0], docs), torch_scorer.score(QUERIES[0], docs)
     assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) < 1e-4
@@ -330,7 +331,7 @@ def test_export_command_writes_and_checks(tiny_model_dir: Path, tmp_path: Path) 
 
     _register()
     model = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, model)
+    shutil.copytree(tiny_model_dir, model, ignore=shutil.ignore_patterns("onnx"))
     made = CliRunner().invoke(app, ["export-onnx", str(model)])
     assert made.exit_code == 0, made.output
     shipped = model / "onnx" / "model-int8-reduce-range.onnx"
