@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "rerank_core.app.fusion_cli",
     "rerank_core.app.bench_cli",
     "rerank_core.app.cascade_cli",
+    "rerank_core.app.export_cli",
     "rerank_core.app.serve_cli",
     "rerank_core.app.batch_cli",
 ]

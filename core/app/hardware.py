@@ -14,6 +14,7 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 __all__ = ["flops_per_pair", "fraction_of_peak", "gemm_peak", "peak_rss_mib"]
@@ -140,7 +141,18 @@ def fraction_of_peak(pairs_per_second: float, flops_pair: float, peak_gflops: fl
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, in MiB."""
+    """Peak resident memory of this process so far, in MiB.
+
+    On Linux this is ``VmHWM`` of ``/proc/self/status``, which starts afresh when a process
+    starts a new program. ``getrusage``'s ``ru_maxrss`` (used elsewhere) does not: a child
+    process started by a large parent reports at least the parent's size at the fork.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024

@@ -13,7 +13,7 @@ pytest.importorskip("psutil")
 
 from typer.testing import CliRunner
 
-from rerank_core.app.bench import bench_to_markdown, default_backends, run_bench
+from rerank_core.app.bench import FastestPath, bench_to_markdown, default_backends, run_bench
 from rerank_core.app.cli import _register, app
 from rerank_core.cpu import cpu_flags
 
@@ -105,11 +105,14 @@ def test_cli_bench_smoke_and_eval(tmp_path: Path, tiny_model_dir: Path) -> None:
     result = runner.invoke(
         app,
         ["bench", "--smoke", "--no-isolate", "--candidates", "4", "--out", str(out),
-         "--backend", "torch", "--backend", "sentence-transformers"],
+         "--backend", "torch", "--backend", "sentence-transformers",
+         "--fastest-backend", "torch", "--fastest-window", "2"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     data = json.loads((out / "bench.json").read_text())
     assert {r["workload"] for r in data["rows"]} >= {"synthetic-32", "synthetic-128"}
+    assert data["fastest"]["backend"] == "torch" and data["fastest"]["rerank_window"] == 2
+    assert "fastest path (torch, window 2)" in {r["backend"] for r in data["rows"]}
     assert (out / "bench.md").read_text().startswith("Command: `rag-rerank")
 
     run_file = tmp_path / "run.jsonl"
@@ -127,3 +130,70 @@ def test_cli_bench_smoke_and_eval(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert (tmp_path / "ev" / "t.png").stat().st_size > 1000
     bad = runner.invoke(app, ["eval", str(run_file), "--no-bi-encoder", "--window", "0"])
     assert bad.exit_code != 0 and "windows" in bad.output
+
+
+def test_isolated_onnx_int8_reports_cold_start_and_memory_without_torch() -> None:
+    # The bundled model's shipped int8 export, in a fresh process of its own.
+    from rerank_core.cross_encoder import default_model_path
+
+    report = run_bench(
+        default_model_path(),
+        backends=["onnx-int8"],
+        lengths=[16],
+        candidates=[2],
+        queries=1,
+        warmup=0,
+        peaks=False,
+    )
+    (b,) = report.backends
+    assert b["backend"] == "onnx-int8" and b["torch_loaded"] is False
+    assert b["cold_start_s"] > b["load_s"] > 0 and b["first_score_s"] > 0
+    assert 0 < b["rss_before_load_mb"] <= b["rss_after_first_score_mb"] <= b["peak_rss_mb"]
+    # the child's own memory, not the high-water mark it inherits from this (torch-laden)
+    # process at the fork, which getrusage's ru_maxrss would report
+    from rerank_core.app.hardware import peak_rss_mib
+
+    assert b["rss_before_load_mb"] < peak_rss_mib()
+    assert "| rag-rerank-minilm-l6 | onnx-int8 |" in bench_to_markdown(report)
+
+
+def test_models_list_fastest_path_and_latency_table(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from tests.conftest import build_cross_encoder
+
+    small = build_cross_encoder(tmp_path / "one-layer", layers=1)
+    rerank_file = tmp_path / "dl19.jsonl"
+    docs = ["Paris is in France.", "Bananas are yellow.", "The Seine flows through Paris."]
+    candidates = [{"docid": str(j), "text": d} for j, d in enumerate(docs)]
+    rows = [
+        {"qid": str(i), "query": q, "candidates": candidates}
+        for i, q in enumerate(["where is paris", "what colour are bananas"])
+    ]
+    rerank_file.write_text("\n".join(json.dumps(r) for r in rows))
+    report = run_bench(
+        [tiny_model_dir, small],
+        backends=["torch"],
+        data=rerank_file,
+        lengths=[],
+        candidates=[2, 3],
+        queries=1,
+        warmup=1,
+        isolate=False,
+        peaks=False,
+        fastest=FastestPath(backend="torch", rerank_window=2),
+    )
+    label = "fastest path (torch, window 2)"
+    got = {(r["model"], r["backend"], r["candidates"]) for r in report.rows}
+    assert got == {
+        (m, b, n)
+        for m, b in ((tiny_model_dir.name, "torch"), (small.name, "torch"), (small.name, label))
+        for n in (2, 3)
+    }
+    # the fastest path defaults to the model with the fewest layers
+    assert report.fastest == {"model": str(small), "backend": "torch", "rerank_window": 2}
+    assert [m["path"] for m in report.models] == [str(tiny_model_dir), str(small)]
+    assert all(b["cold_start_s"] is None for b in report.backends)  # not isolated
+    md = bench_to_markdown(report)
+    assert "| 2 candidates | 3 candidates |" in md
+    assert f"| {small.name} | {label} |" in md
+    with pytest.raises(ValueError, match="no input"):
+        run_bench(tiny_model_dir, backends=["torch"], lengths=[])

@@ -121,13 +121,14 @@ def test_read_only_model_folder_exports_to_the_cache_dir(
 
 
 def test_tiny_model_fp32_chunking_and_cache_dir(tiny_model_dir: Path, tmp_path: Path) -> None:
-    torch_scorer = CrossEncoderScorer(
-        str(tiny_model_dir), device="cpu", max_length=32, chunking=True
-    )
+    # a private copy: an export another test left beside the shared folder would be re-used
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model, ignore=shutil.ignore_patterns("onnx"))
+    torch_scorer = CrossEncoderScorer(str(model), device="cpu", max_length=32, chunking=True)
     onnx_scorer = OnnxCrossEncoderScorer(
-        str(tiny_model_dir), cache_dir=tmp_path, max_length=32, chunking=True
+        str(model), cache_dir=tmp_path / "cache", max_length=32, chunking=True
     )
-    assert Path(onnx_scorer.onnx_path).is_relative_to(tmp_path)
+    assert Path(onnx_scorer.onnx_path).is_relative_to(tmp_path / "cache")
     docs = ["artificial intelligence " * 40, "short", *DOCS]
     got, expected = onnx_scorer.score(QUERIES[0], docs), torch_scorer.score(QUERIES[0], docs)
     assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) < 1e-4
@@ -258,3 +259,91 @@ def test_bundled_model_int8_error_is_bounded_for_both_weight_ranges(
     n = len(DOCS)
     for i in range(len(QUERIES)):
         assert _spearman(exact[i * n : (i + 1) * n], quant[i * n : (i + 1) * n]) > 0.8
+
+
+# ----------------------------------------------------------------- without torch, shipped export
+
+_NO_TORCH = """
+import json, sys
+import rerank_core
+scorer = rerank_core.load_reranker(backend="onnx-int8")
+scores = scorer.score("what is artificial intelligence?", [
+    "Artificial intelligence is a branch of computer science.",
+    "Apples are a fruit rich in vitamins.",
+])
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
+print(json.dumps({"scores": scores, "loaded": loaded, "path": scorer.describe()["onnx_path"]}))
+"""
+
+
+def test_bundled_int8_scores_in_a_fresh_process_without_torch() -> None:
+    import subprocess
+    import sys
+
+    from rerank_core.cross_encoder import default_model_path
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    # neither torch nor any transformers module (its package __init__ imports torch)
+    assert got["loaded"] == []
+    # the shipped file, not an export made now
+    shipped = default_model_path() / "onnx" / "model-int8-reduce-range.onnx"
+    assert Path(got["path"]) == shipped
+    relevant, other = got["scores"]
+    assert 0.0 <= other < relevant <= 1.0
+
+
+def test_shipped_int8_export_is_for_the_current_weights() -> None:
+    # Its metadata carries the content hash of the config, the weights and the export recipe:
+    # a retrained model or a changed recipe no longer matches (the scorer would re-export).
+    from rerank_core.cross_encoder import default_model_path
+    from rerank_core.onnx_backend import onnx_fingerprint
+
+    path = default_model_path()
+    meta = json.loads((path / "onnx" / "model-int8-reduce-range.json").read_text())
+    assert meta["fingerprint"] == onnx_fingerprint(path)
+    assert meta["reduce_range"] is True and meta["optimized"] is True
+
+
+@pytest.mark.slow
+def test_shipped_int8_export_matches_a_fresh_export(
+    bundled: tuple[Path, Path, list[float]],
+) -> None:
+    # The export is deterministic, so a fresh one must equal the shipped file node for node
+    # and weight for weight (any stale or hand-edited file differs in some initializer). Runs
+    # after the fp32 test above, whose export into the same cache the quantiser re-uses.
+    from rerank_core.onnx_backend import export_onnx, onnx_differences
+
+    path, cache, _ = bundled
+    fresh = export_onnx(path, cache, quantize="int8", reduce_range=True)
+    assert onnx_differences(path / "onnx" / fresh.name, fresh) == []
+
+
+@pytest.mark.slow
+def test_export_command_writes_and_checks(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rerank_core.app.cli import _register, app
+
+    _register()
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model, ignore=shutil.ignore_patterns("onnx"))
+    made = CliRunner().invoke(app, ["export-onnx", str(model)])
+    assert made.exit_code == 0, made.output
+    shipped = model / "onnx" / "model-int8-reduce-range.onnx"
+    before = {p.name: p.stat().st_mtime_ns for p in (model / "onnx").iterdir()}
+    # The default weight range takes the 7-bit file that is there, whatever the CPU would
+    # pick, instead of exporting again (both are exact on every CPU).
+    scorer = OnnxCrossEncoderScorer(str(model), quantize="int8")
+    assert scorer.reduce_range is True and Path(scorer.onnx_path) == shipped
+    assert {p.name: p.stat().st_mtime_ns for p in (model / "onnx").iterdir()} == before
+    check = ["export-onnx", str(model), "--check"]
+    assert CliRunner().invoke(app, check).exit_code == 0
+    # a stale file: another graph in place of the int8 export
+    shutil.copyfile(model / "onnx" / "model-fp32.onnx", shipped)
+    stale = CliRunner().invoke(app, check)
+    assert stale.exit_code == 1 and "differs from a fresh export" in stale.output
