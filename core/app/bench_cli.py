@@ -79,6 +79,10 @@ def register(app: typer.Typer) -> None:
             if smoke:
                 queries, warmup, length = min(queries, 2), min(warmup, 1), [32, 128]
                 model = model or str(build_smoke_model(Path(tmp)))
+            if model is not None:
+                from rerank_core.cross_encoder import bundled_model_path
+
+                model = str(bundled_model_path(model) or model)
             if model is None:
                 from rerank_core.cross_encoder import default_model_path
 
