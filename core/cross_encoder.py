@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DEFAULT_MODEL_DIR",
     "CrossEncoderScorer",
+    "bundled_model_path",
     "cpu_supports_bf16",
     "default_model_path",
     "pick_device",
@@ -29,6 +30,20 @@ __all__ = [
 
 #: The reranker that ships inside the package (used when no model is named).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "rag-rerank-minilm-l6"
+
+
+def bundled_model_path(name: str | os.PathLike[str]) -> Path | None:
+    """Folder of the reranker shipped in the package under ``name``, else ``None``.
+
+    Names are the folders of ``rerank_core/models`` (``rag-rerank-minilm-l6`` is the default
+    model). A name that is also an existing local path, or that looks like a path or a hub id,
+    is left to be that.
+    """
+    text = os.fspath(name)
+    if os.path.exists(text) or "/" in text or "\\" in text or text.startswith("."):
+        return None
+    folder = DEFAULT_MODEL_DIR.parent / text
+    return folder if (folder / "config.json").is_file() else None
 
 
 def default_model_path() -> Path:

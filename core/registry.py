@@ -201,8 +201,10 @@ def load_reranker(
     """Build a reranker: a local model with the named backend, or a remote rerank API.
 
     Args:
-        model: Local backends: Hugging Face id or local folder; ``None`` uses the bundled
-            reranker. ``http``: the remote model name (``None``: the provider's default).
+        model: Local backends: Hugging Face id, local folder or the name of a reranker
+            bundled with the package (``"rag-rerank-minilm-l6"``: see
+            :func:`~rerank_core.cross_encoder.bundled_model_path`); ``None`` uses the bundled
+            default. ``http``: the remote model name (``None``: the provider's default).
         backend: One of :data:`BACKENDS` (``"torch"``, ``"torch-bf16"``, ``"onnx"``,
             ``"onnx-int8"``, ``"causal-lm"``, ``"http"``), or ``"auto"``: see
             :func:`detect_backend`.
@@ -258,6 +260,10 @@ def load_reranker(
     spec = BACKENDS.get(backend) if isinstance(backend, str) else None
     if spec is None:
         raise ValueError(f"unknown backend {backend!r}; choose one of {backend_names()} or auto")
+    if name and spec.local:
+        from rerank_core.cross_encoder import bundled_model_path
+
+        name = str(bundled_model_path(name) or name)
     reranker = spec(name, **options)
     if calibration is not False:
         from rerank_core.calibration import attach_calibration

@@ -110,6 +110,10 @@ def register(app: typer.Typer) -> None:
             if smoke:
                 queries, warmup, length = min(queries, 2), min(warmup, 1), [32, 128]
                 model = model or [str(build_smoke_model(Path(tmp)))]
+            if model:
+                from rerank_core.cross_encoder import bundled_model_path
+
+                model = [str(bundled_model_path(m) or m) for m in model]
             if not model:
                 try:
                     model = [str(p) for p in bundled_models()]

