@@ -1304,7 +1304,9 @@ def create_app(reranker: Reranker, *, settings: ServerSettings | None = None) ->
                 item["fused_score"] = fused[i]
             if body.return_documents:
                 doc = docs[i]
-                item["document"] = {"text": doc} if isinstance(doc, str) else doc.model_dump()
+                item["document"] = (
+                    {"text": doc} if isinstance(doc, str) else doc.model_dump(exclude_unset=True)
+                )
             results.append(item)
         used = sum(tokens)
         return JSONResponse(
