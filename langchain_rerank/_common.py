@@ -12,7 +12,7 @@ from langchain_core.load.serializable import (
     SerializedConstructor,
     SerializedNotImplemented,
 )
-from pydantic import field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from rerank_core import Reranker, RerankResult
 from rerank_core import adapters as shared
@@ -62,6 +62,34 @@ def to_documents(documents: Sequence[Document], results: list[RerankResult]) -> 
             metadata[FUSED_KEY] = r.fused_score
         out.append(doc.model_copy(update={"metadata": metadata}))
     return out
+
+
+class RankingFields(BaseModel):
+    """The cut-off and fusion fields the compressor and the retriever share."""
+
+    score_threshold: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        description="Drop documents scoring below this (on the reranker's scale); None keeps all.",
+    )
+    score_margin: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Drop documents scoring more than this below the best one; None keeps all.",
+    )
+    cut_at_largest_gap: bool = Field(
+        default=False,
+        description="Keep only the documents above the largest drop between consecutive scores.",
+    )
+    fusion: str | None = Field(default=None, description=shared.FUSION_FIELD)
+    first_stage_score_key: str | None = Field(
+        default=None,
+        description=(
+            "Metadata key holding each document's first-stage score (higher is better), for "
+            "fusions that use scores; None: fusion uses the documents' order only."
+        ),
+    )
 
 
 class ScorerRecord(Serializable):

@@ -11,7 +11,13 @@ from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Call
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field
 
-from langchain_rerank._common import ScorerRecord, first_stage_of, texts_of, to_documents
+from langchain_rerank._common import (
+    RankingFields,
+    ScorerRecord,
+    first_stage_of,
+    texts_of,
+    to_documents,
+)
 from rerank_core import Reranker
 from rerank_core import adapters as shared
 
@@ -20,7 +26,7 @@ __all__ = ["CrossEncoderReranker"]
 logger = logging.getLogger(__name__)
 
 
-class CrossEncoderReranker(ScorerRecord, BaseDocumentCompressor):
+class CrossEncoderReranker(ScorerRecord, RankingFields, BaseDocumentCompressor):
     """Rerank retrieved documents with a cross-encoder (or any :class:`rerank_core.Reranker`).
 
     Returns new ``Document`` objects, best first, each with the score in
@@ -59,29 +65,6 @@ class CrossEncoderReranker(ScorerRecord, BaseDocumentCompressor):
     scorer: Reranker = Field(description="The reranker that scores (query, document) pairs.")
     top_n: int | None = Field(
         default=3, ge=1, description="Documents to return, best first; None returns all."
-    )
-    score_threshold: float | None = Field(
-        default=None,
-        allow_inf_nan=False,
-        description="Drop documents scoring below this (on the scorer's scale); None keeps all.",
-    )
-    score_margin: float | None = Field(
-        default=None,
-        ge=0,
-        allow_inf_nan=False,
-        description="Drop documents scoring more than this below the best one; None keeps all.",
-    )
-    cut_at_largest_gap: bool = Field(
-        default=False,
-        description="Keep only the documents above the largest drop between consecutive scores.",
-    )
-    fusion: str | None = Field(default=None, description=shared.FUSION_FIELD)
-    first_stage_score_key: str | None = Field(
-        default=None,
-        description=(
-            "Metadata key holding each document's first-stage score (higher is better), for "
-            "fusions that use scores; None: fusion uses the documents' order only."
-        ),
     )
 
     @classmethod

@@ -13,7 +13,13 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever, RetrieverLike
 from pydantic import ConfigDict, Field
 
-from langchain_rerank._common import ScorerRecord, first_stage_of, texts_of, to_documents
+from langchain_rerank._common import (
+    RankingFields,
+    ScorerRecord,
+    first_stage_of,
+    texts_of,
+    to_documents,
+)
 from rerank_core import Reranker
 from rerank_core import adapters as shared
 from rerank_core.validation import check_positive_int
@@ -23,7 +29,7 @@ __all__ = ["RerankRetriever"]
 logger = logging.getLogger(__name__)
 
 
-class RerankRetriever(ScorerRecord, BaseRetriever):
+class RerankRetriever(ScorerRecord, RankingFields, BaseRetriever):
     """A retriever that reranks what ``base_retriever`` recalls and returns the best ``k``.
 
     The base retriever sets the recall (for a vector store,
@@ -63,29 +69,6 @@ class RerankRetriever(ScorerRecord, BaseRetriever):
     )
     reranker: Reranker = Field(description="The reranker that scores (query, document) pairs.")
     k: int = Field(default=4, ge=1, description="Documents to return, best first.")
-    score_threshold: float | None = Field(
-        default=None,
-        allow_inf_nan=False,
-        description="Drop documents scoring below this (on the reranker's scale); None keeps all.",
-    )
-    score_margin: float | None = Field(
-        default=None,
-        ge=0,
-        allow_inf_nan=False,
-        description="Drop documents scoring more than this below the best one; None keeps all.",
-    )
-    cut_at_largest_gap: bool = Field(
-        default=False,
-        description="Keep only the documents above the largest drop between consecutive scores.",
-    )
-    fusion: str | None = Field(default=None, description=shared.FUSION_FIELD)
-    first_stage_score_key: str | None = Field(
-        default=None,
-        description=(
-            "Metadata key holding each document's first-stage score (higher is better), for "
-            "fusions that use scores; None: fusion uses the documents' order only."
-        ),
-    )
 
     def _cut(self, k: int | None) -> shared.Cut:
         top_n = self.k if k is None else check_positive_int("k", k)
