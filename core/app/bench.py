@@ -62,12 +62,16 @@ BASELINE = "sentence-transformers"
 
 @dataclass(frozen=True)
 class BenchModel:
-    """What every backend loads: the same weights, window, device, dtype and batch size."""
+    """What every backend loads: the same weights, window, device, dtype and batch size.
+
+    ``batch_size`` ``None`` leaves each rag-rerank backend its own default (32 pairs for torch,
+    16 for ONNX Runtime, whose activations set the process's peak memory).
+    """
 
     path: str
     device: str = "cpu"
     max_length: int = 512
-    batch_size: int = 32
+    batch_size: int | None = None
     dtype: str = "float32"
     threads: int | None = None
 
@@ -170,10 +174,11 @@ def _registry_options(backend: str, m: BenchModel) -> dict[str, Any]:
     # Raw model scores (no calibration file), comparable with sentence-transformers'.
     kwargs: dict[str, Any] = {
         "max_length": m.max_length,
-        "batch_size": m.batch_size,
         "device": m.device,
         "calibration": False,
     }
+    if m.batch_size:
+        kwargs["batch_size"] = m.batch_size
     if m.threads:  # otherwise each runtime's default: one thread per physical core
         kwargs["num_threads"] = m.threads
     if BACKENDS_PRECISION.get(backend) is None:  # follows dtype
@@ -681,7 +686,7 @@ def run_bench(
     warmup: int = 1,
     device: str = "cpu",
     dtype: str = "float32",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     max_length: int | None = None,
     threads: int | None = None,
     isolate: bool = True,
@@ -703,8 +708,8 @@ def run_bench(
         warmup: Untimed queries run first.
         device: Torch device for every backend.
         dtype: ``float32``, ``float16`` or ``bfloat16`` for every backend.
-        batch_size: Batch size of rag-rerank's scorer (sentence-transformers runs 32, as its
-            integrations do).
+        batch_size: Batch size of rag-rerank's scorers; ``None`` keeps each backend's default
+            (sentence-transformers runs 32, as its integrations do).
         max_length: Token window; ``None`` uses each model's own limit.
         threads: Threads of each backend's runtime (torch, ONNX Runtime); ``None`` keeps each
             runtime's default (one per physical core).
@@ -878,7 +883,9 @@ def bench_to_markdown(report: BenchReport) -> str:
         "",
         "Models: "
         + "; ".join(f"`{s['path']}` ({s['dtype']}, max_length {s['max_length']})" for s in models)
-        + f"; {report.model['queries']} timed queries per row.",
+        + f"; {report.model['queries']} timed queries per row; batch size "
+        + (f"{models[0]['batch_size']}" if models[0].get("batch_size") else "each backend's own")
+        + ".",
         "",
         *_summary_tables(report),
         "",

@@ -63,7 +63,9 @@ def register(app: typer.Typer) -> None:
         warmup: int = typer.Option(1, help="Untimed queries first."),
         device: str = typer.Option("cpu", help="Torch device for every backend."),
         dtype: str = typer.Option("float32", help="float32, float16 or bfloat16."),
-        batch_size: int = typer.Option(32, help="Batch size of rag-rerank's scorer."),
+        batch_size: int = typer.Option(
+            None, help="Batch size of rag-rerank's scorers (default: each backend's; 16 for ONNX)."
+        ),
         max_length: int = typer.Option(None, help="Token window (default: the model's)."),
         threads: int = typer.Option(
             None, help="Threads per backend, torch or ONNX Runtime (default: physical cores)."
