@@ -199,7 +199,7 @@ def test_no_evaluation_query_in_training_data(data_dir: Path) -> None:
 def test_distil_a_cross_encoder_into_a_subset_of_its_layers(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    # How the bundled 3-layer model was made: the student is some of the teacher's layers, the
+    # How a shallower reranker is distilled: the student is some of the teacher's layers, the
     # targets the softmax of the teacher cross-encoder's logits over each group.
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
