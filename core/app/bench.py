@@ -757,7 +757,7 @@ def run_bench(
     jobs: list[tuple[str, FastestPath | None]] = [(name, None) for name in backends]
     fastest_path = None
     if fastest is not None:
-        fastest_path = fastest.model or min(paths, key=_layers)
+        fastest_path = _model_list(fastest.model)[0] if fastest.model else min(paths, key=_layers)
         if fastest_path not in paths:
             paths.append(fastest_path)
     info = machine_info(device)
@@ -811,9 +811,11 @@ def run_bench(
 def _model_list(
     model_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
 ) -> list[str]:
-    if isinstance(model_path, str | os.PathLike):
-        return [os.fspath(model_path)]
-    return [os.fspath(p) for p in model_path]
+    """The models as folders or hub ids; a bundled reranker's name becomes its folder."""
+    from rerank_core.cross_encoder import bundled_model_path
+
+    items = [model_path] if isinstance(model_path, str | os.PathLike) else list(model_path)
+    return [os.fspath(bundled_model_path(p) or p) for p in items]
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -197,3 +197,14 @@ def test_models_list_fastest_path_and_latency_table(tiny_model_dir: Path, tmp_pa
     assert f"| {small.name} | {label} |" in md
     with pytest.raises(ValueError, match="no input"):
         run_bench(tiny_model_dir, backends=["torch"], lengths=[])
+
+
+def test_bench_takes_a_bundled_model_by_name(tmp_path: Path) -> None:
+    # The name every other command takes (load_reranker, ask, serve) names the shipped folder
+    # here too, never a hub id to download.
+    from rerank_core.app.bench import _model_list
+    from rerank_core.cross_encoder import DEFAULT_MODEL_DIR
+
+    other = str(tmp_path / "mine")
+    assert _model_list(["rag-rerank-minilm-l6", other]) == [str(DEFAULT_MODEL_DIR), other]
+    assert _model_list("rag-rerank-minilm-l6") == [str(DEFAULT_MODEL_DIR)]
