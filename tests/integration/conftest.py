@@ -18,6 +18,16 @@ import pytest
 
 #: Bearer key and model name of the test servers (the plain one in test_server.py too).
 SERVER_KEY = "test-key-123"
+
+# One query and its passages for the HTTP servers' tests (English, Chinese, off-topic).
+SERVER_QUERY = "how do cross-encoders rerank passages?"
+SERVER_DOCS = [
+    "Cross-encoders read the query and passage together and output a relevance score.",
+    "The Eiffel Tower is in Paris.",
+    "交叉编码器同时读取查询和段落。",
+    "Rerankers reorder the candidates a first-stage retriever found.",
+    "Bananas are rich in potassium.",
+]
 RAY_START_TIMEOUT_S = 300
 
 

@@ -13,19 +13,12 @@ import pytest
 httpx = pytest.importorskip("httpx")
 
 from rerank_core.registry import load_reranker  # noqa: E402
-from tests.integration.conftest import SERVER_KEY  # noqa: E402
+from tests.integration.conftest import SERVER_DOCS, SERVER_KEY, SERVER_QUERY  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-QUERY = "how do cross-encoders rerank passages?"
-DOCS = [
-    "Cross-encoders read the query and passage together and output a relevance score.",
-    "The Eiffel Tower is in Paris.",
-    "交叉编码器同时读取查询和段落。",
-    "Rerankers reorder the candidates a first-stage retriever found.",
-    "Bananas are rich in potassium.",
-    "",
-]
+QUERY = SERVER_QUERY
+DOCS = [*SERVER_DOCS, ""]  # an empty passage too
 AUTH = {"Authorization": f"Bearer {SERVER_KEY}"}
 
 

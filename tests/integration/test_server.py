@@ -15,17 +15,11 @@ httpx = pytest.importorskip("httpx")
 
 from rerank_core.app.server import ServerSettings, create_app  # noqa: E402
 from tests.fakes import GatedReranker  # noqa: E402
-from tests.integration.conftest import SERVER_KEY  # noqa: E402
+from tests.integration.conftest import SERVER_DOCS, SERVER_KEY, SERVER_QUERY  # noqa: E402
 from tests.integration.live_server import running  # noqa: E402
 
-QUERY = "how do cross-encoders rerank passages?"
-DOCS = [
-    "Cross-encoders read the query and passage together and output a relevance score.",
-    "The Eiffel Tower is in Paris.",
-    "交叉编码器同时读取查询和段落。",
-    "Rerankers reorder the candidates a first-stage retriever found.",
-    "Bananas are rich in potassium.",
-]
+QUERY = SERVER_QUERY
+DOCS = SERVER_DOCS
 KEY = SERVER_KEY
 
 
